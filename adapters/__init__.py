@@ -1,0 +1,4 @@
+"""Tenant adapters: format, registry, cache, training (see ../shared/DESIGN.md).
+
+Depends on `models/` only through a backbone's id, dim and fingerprint.
+"""

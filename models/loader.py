@@ -1,0 +1,40 @@
+"""Turn a catalog name into a ready Backbone: resolve, build artifacts, open a session."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from models.base import Backbone
+from models.catalog import resolve_spec
+from models.export import ensure_artifact
+from models.runtime import OrtRunner, choose_provider, installed_runtime
+
+log = logging.getLogger(__name__)
+
+
+def default_precision(provider: str) -> str:
+    return "fp16" if provider == "CUDAExecutionProvider" else "int8"
+
+
+def load_backbone(
+    name: str,
+    home: Path,
+    *,
+    precision: str = "auto",
+    provider: str = "auto",
+    intra_op_threads: int = 0,
+) -> Backbone:
+    from models.text import TextBackbone
+
+    spec = resolve_spec(name)
+    ort_provider = choose_provider(provider)
+    chosen = default_precision(ort_provider) if precision == "auto" else precision
+    model_path = ensure_artifact(spec, chosen, home)
+    runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
+    backbone = TextBackbone(spec, runner)
+    log.info(
+        "backbone %s ready: dim=%d provider=%s precision=%s runtime=%s fingerprint=%s",
+        backbone.id, backbone.dim, backbone.provider, backbone.precision,
+        installed_runtime(), backbone.fingerprint,
+    )
+    return backbone

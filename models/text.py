@@ -1,0 +1,98 @@
+"""Text backbones: a fast tokenizer feeding an ONNX sentence encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.base import Backbone, EmbedResult
+from models.catalog import BackboneSpec
+from models.runtime import OrtRunner
+
+
+class Tokenizer:
+    """Hugging Face fast tokenizer with truncation to the backbone's token limit."""
+
+    def __init__(self, tokenizer_json: Path, max_tokens: int) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(tokenizer_json))
+        self._tok.enable_truncation(max_length=max_tokens)
+        pad_id = self._tok.token_to_id("[PAD]")
+        self._tok.enable_padding(pad_id=pad_id if pad_id is not None else 0)
+        self.max_tokens = max_tokens
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
+        """input_ids and attention_mask (int64, padded to the longest) and truncation flags."""
+        encodings = self._tok.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return ids, mask, [bool(e.overflowing) for e in encodings]
+
+
+def load_tokenizer(spec: BackboneSpec) -> Tokenizer:
+    path = spec.path / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{spec.path} has no tokenizer.json (a fast tokenizer); save one with "
+            "`AutoTokenizer.from_pretrained(path).save_pretrained(path)`"
+        )
+    return Tokenizer(path, spec.max_tokens)
+
+
+class TextBackbone(Backbone):
+    kind = "text"
+
+    def __init__(self, spec: BackboneSpec, runner: OrtRunner) -> None:
+        self.id = spec.id
+        self.fingerprint = spec.fingerprint
+        self.max_tokens = spec.max_tokens
+        self._tokenizer = load_tokenizer(spec)
+        self._runner = runner
+        self.provider = runner.provider
+        self.precision = runner.precision
+        self.dim = int(self.embed(["dimension probe"]).vectors.shape[1])
+
+    def check_item(self, item: Any) -> str | None:
+        if not isinstance(item, str):
+            return f"backbone {self.id!r} embeds text: send a string, not {type(item).__name__}"
+        return None
+
+    def embed(self, items: list[Any]) -> EmbedResult:
+        # Sorting by length keeps similar lengths together, so sub-batches pad little.
+        order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        ids, mask, truncated = self._tokenizer.encode([items[i] for i in order])
+        lengths = mask.sum(1)
+        chunks = []
+        start = 0
+        for stop in _split_by_padding(lengths):
+            width = int(lengths[stop - 1])
+            chunks.append(self._runner.run(ids[start:stop, :width], mask[start:stop, :width]))
+            start = stop
+        out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
+        out[order] = np.concatenate(chunks)
+        flags = [False] * len(items)
+        for pos, i in enumerate(order):
+            flags[i] = truncated[pos]
+        return EmbedResult(vectors=out, truncated=flags)
+
+
+def _split_by_padding(sorted_lengths: np.ndarray, waste: float = 0.5, min_rows: int = 8) -> list[int]:
+    """End indices of sub-batches of a length-sorted batch.
+
+    A new sub-batch starts when padding the rows so far to the next length would waste
+    more than `waste` of the tokens; tiny sub-batches are not worth an extra ORT call.
+    """
+    ends: list[int] = []
+    start = 0
+    n = len(sorted_lengths)
+    for i in range(1, n):
+        rows = i - start
+        real = int(sorted_lengths[start:i].sum()) + int(sorted_lengths[i])
+        padded = (rows + 1) * int(sorted_lengths[i])
+        if rows >= min_rows and 1 - real / padded > waste:
+            ends.append(i)
+            start = i
+    ends.append(n)
+    return ends

@@ -1,0 +1,145 @@
+"""The BentoML service: a thin HTTP layer over the Engine.
+
+Routes live in a FastAPI app mounted into the BentoML service, so the contract (paths,
+JSON error bodies, 400 rather than 422) is ours while BentoML runs the server, the worker
+processes, /livez and /metrics. Heavy work (backbone export and loading) starts after the
+server is up, never at import, so /livez answers at once and /readyz turns ready later.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import bentoml
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.engine import Engine
+from service.errors import GraftError, InvalidInput
+from service.schemas import EmbedRequest, EmbedResponse, ErrorResponse
+from service.settings import get_settings
+
+log = logging.getLogger("graft")
+
+settings = get_settings()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 409, 413, 503)
+}
+
+app = FastAPI(
+    title="Graft",
+    version="1",
+    description="Frozen pretrained backbones with per-tenant adapters, served on ONNX Runtime.",
+)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json")
+
+
+def _error(err: GraftError) -> Response:
+    return _json(err.to_dict(), err.status)
+
+
+@app.exception_handler(GraftError)
+async def _graft_error(_: Request, err: GraftError) -> Response:
+    return _error(err)
+
+
+def _invalid(errors: list[Any]) -> InvalidInput:
+    problems = [
+        {"where": ".".join(str(p) for p in e.get("loc", ())) or "body", "problem": e.get("msg", "")}
+        for e in errors
+    ]
+    first = problems[0] if problems else {"where": "body", "problem": "invalid request"}
+    return InvalidInput(f"{first['where']}: {first['problem']}", problems)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> Response:
+    return _error(_invalid(list(err.errors())))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse(model: type[M], request: Request) -> M:
+    """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type)."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise _invalid(list(e.errors(include_url=False))) from e
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI description of a body that `parse` reads."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    }
+
+
+class ReadyzMiddleware:
+    """Answers /readyz with the Engine's state (provider, precision) instead of BentoML's
+    empty body: 200 once every backbone is loaded, 503 while loading or after a failure."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/readyz":
+            try:
+                engine: Engine = bentoml.get_current_service().engine
+                status = engine.status()
+            except Exception:  # the service instance is not created yet
+                status = {"status": "starting", "backbones": []}
+            response = JSONResponse(status, 200 if status["status"] == "ready" else 503)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+@bentoml.service(
+    name="graft",
+    workers=settings.workers,
+    traffic={"timeout": 60},
+    http={"host": settings.host, "port": settings.port},
+)
+@bentoml.asgi_app(app, path="/")
+class Graft:
+    def __init__(self) -> None:
+        self.engine = Engine(settings)
+
+    @bentoml.on_startup
+    async def _load_backbones(self) -> None:
+        self.engine.start()
+
+    @bentoml.on_shutdown
+    async def _close(self) -> None:
+        await self.engine.close()
+
+    def __is_ready__(self) -> bool:
+        return self.engine.ready
+
+    @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=json_body(EmbedRequest))
+    async def embed(self, request: Request) -> Response:
+        """Embed texts with a frozen backbone; rows are L2-normalised."""
+        body = await parse(EmbedRequest, request)
+        out = await self.engine.embed(body.inputs, body.backbone)
+        return _json(
+            {
+                "backbone": out.backbone.id,
+                "dim": out.backbone.dim,
+                "embeddings": out.result.vectors,
+                "truncated": [i for i, t in enumerate(out.result.truncated) if t],
+            }
+        )
+
+
+Graft.add_asgi_middleware(ReadyzMiddleware)

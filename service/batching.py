@@ -1,0 +1,136 @@
+"""Micro-batching: concurrent requests share one backbone pass.
+
+One loop per backbone takes whatever is queued (up to `max_size` items) and runs it in a
+worker thread. While a pass runs, new requests queue up, so the batch grows with load by
+itself; a lone request on an idle backbone waits at most `max_wait` for company.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from models.base import EmbedResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Chunk:
+    items: list[Any]
+    future: asyncio.Future[EmbedResult] = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[Any]], EmbedResult],
+        *,
+        max_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self._on_batch = on_batch
+        self._pending: deque[_Chunk] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, items: list[Any]) -> EmbedResult:
+        """Embed items, sharing backbone passes with whoever else is asking."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        chunks = [
+            _Chunk(items[i : i + self.max_size], loop.create_future())
+            for i in range(0, len(items), self.max_size)
+        ]
+        self._pending.extend(chunks)
+        self._wakeup.set()
+        try:
+            parts = await asyncio.gather(*(c.future for c in chunks))
+        except asyncio.CancelledError:
+            for c in chunks:  # the caller is gone: its items leave the queue
+                c.future.cancel()
+            raise
+        if len(parts) == 1:
+            return parts[0]
+        return EmbedResult(
+            vectors=np.concatenate([p.vectors for p in parts]),
+            truncated=[t for p in parts for t in p.truncated],
+        )
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            items = [item for chunk in batch for item in chunk.items]
+            started = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self._executor, self._run, items)
+            except Exception as e:  # a failed pass fails its requests, not the loop
+                log.exception("backbone %s failed on a batch of %d items", self.name, len(items))
+                for chunk in batch:
+                    if not chunk.future.done():
+                        chunk.future.set_exception(e)
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(items), time.perf_counter() - started)
+            offset = 0
+            for chunk in batch:
+                n = len(chunk.items)
+                if not chunk.future.done():
+                    chunk.future.set_result(
+                        EmbedResult(result.vectors[offset : offset + n], result.truncated[offset : offset + n])
+                    )
+                offset += n
+
+    async def _collect(self) -> list[_Chunk]:
+        """Wait for work, then take queued chunks until the batch is full or the wait is over."""
+        deadline: float | None = None
+        batch: list[_Chunk] = []
+        size = 0
+        while True:
+            while self._pending and size + len(self._pending[0].items) <= self.max_size:
+                chunk = self._pending.popleft()
+                if chunk.future.done():  # cancelled while queued
+                    continue
+                batch.append(chunk)
+                size += len(chunk.items)
+            if batch and (size >= self.max_size or self._pending):
+                return batch  # full, or the next chunk does not fit
+            if batch and deadline is None:
+                deadline = time.monotonic() + self.max_wait_s
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                return batch
+            self._wakeup.clear()
+            if self._pending:
+                continue
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return batch

@@ -1,0 +1,24 @@
+"""`python -m service.cli prepare`: build backbone artifacts ahead of serving."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from models import load_backbone
+from service.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.cli")
+    sub = parser.add_subparsers(dest="command", required=True)
+    prep = sub.add_parser("prepare", help="export, optimise and quantise backbones into GRAFT_HOME")
+    prep.add_argument("names", nargs="*", help="catalog ids or local model paths (default: GRAFT_BACKBONES)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    for name in args.names or settings.backbones:
+        load_backbone(name, settings.home, precision=settings.precision, provider=settings.provider)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""A few typed errors, each mapped once to an HTTP status (and, later, a gRPC code)."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class GraftError(Exception):
+    """Base of every error a client may see. `code` is stable; `message` says what to do."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class InvalidInput(GraftError):
+    status, code = 400, "invalid_input"
+
+
+class Unauthenticated(GraftError):
+    status, code = 401, "unauthenticated"
+
+
+class NotFound(GraftError):
+    status, code = 404, "not_found"
+
+
+class Conflict(GraftError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(GraftError):
+    status, code = 413, "payload_too_large"
+
+
+class RateLimited(GraftError):
+    status, code = 429, "rate_limited"
+
+
+class Unavailable(GraftError):
+    status, code = 503, "unavailable"

@@ -1,0 +1,36 @@
+"""Every knob of the service, read from the environment with the prefix GRAFT_."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
+
+    home: Path = Field(Path(".graft"), description="cache of ONNX artifacts and local state")
+    backbones: list[str] = Field(["minilm-l6"], description="backbones loaded at start (JSON list)")
+    default_backbone: str = "minilm-l6"
+    precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
+        "auto", description="auto: int8 on CPU, fp16 on CUDA"
+    )
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    workers: int = Field(1, ge=1, description="HTTP worker processes, each with its own backbones")
+
+    max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
+    max_text_chars: int = Field(20_000, ge=1)
+    batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
+    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

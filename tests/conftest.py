@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def graft_home() -> Path:
+    """Artifacts are shared with `make serve` (.graft), so a second run reuses the export."""
+    home = Path(os.environ.get("GRAFT_HOME", ROOT / ".graft")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def minilm_spec():
+    from models.catalog import resolve_spec
+
+    return resolve_spec("minilm-l6")
+
+
+SENTENCES = [
+    "hello world",
+    "The movie was surprisingly good, with a clever script and fine acting.",
+    "Refund my order now!",
+    "What time does the store open on Sundays?",
+    "terrible, boring, awful film",
+    "Ünïcödé tëxt with émojis 😀 and 中文 characters",
+    "Please reset my password; I cannot log in to my account since yesterday.",
+    "The stock market fell sharply on Tuesday after the central bank's announcement.",
+    "A quiet, patient drama about grief that earns every one of its tears.",
+    "ok",
+    "",
+    "word " * 400,  # longer than the 256-token limit: truncated
+    "Machine learning models are trained on data, then frozen and reused for new tasks.",
+    "I loved it!!!",
+    "Shipping took three weeks and the box arrived damaged.",
+    "Can I change the delivery address after the order has shipped?",
+]

@@ -1,0 +1,61 @@
+"""ONNX vs torch: fp32 within 1e-4 (max abs), int8 cosine >= 0.98 for every sentence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.export import ensure_artifact, load_torch_encoder
+from models.runtime import OrtRunner
+from models.text import load_tokenizer
+from tests.conftest import SENTENCES
+
+BATCHES = [1, 3, 8, 16]
+
+
+@pytest.fixture(scope="module")
+def reference(minilm_spec):
+    model = load_torch_encoder(minilm_spec)
+    tok = load_tokenizer(minilm_spec)
+
+    def embed(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ids, mask, _ = tok.encode(texts)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+        return ids, mask, ref
+
+    return embed
+
+
+def _batches(size: int) -> list[list[str]]:
+    return [SENTENCES[i : i + size] for i in range(0, len(SENTENCES), size)]
+
+
+@pytest.mark.parametrize("artifact", ["raw", "fp32"])
+@pytest.mark.parametrize("size", BATCHES)
+def test_fp32_matches_torch(reference, minilm_spec, graft_home, artifact, size):
+    path = ensure_artifact(minilm_spec, "fp32", graft_home)
+    runner = OrtRunner(path.with_name(f"{artifact}.onnx"), "CPUExecutionProvider", "fp32")
+    for batch in _batches(size):
+        ids, mask, ref = reference(batch)
+        out = runner.run(ids, mask)
+        assert out.shape == ref.shape == (len(batch), 384)
+        assert np.abs(out - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("size", BATCHES)
+def test_int8_cosine_per_sentence(reference, minilm_spec, graft_home, size):
+    runner = OrtRunner(ensure_artifact(minilm_spec, "int8", graft_home), "CPUExecutionProvider", "int8")
+    for batch in _batches(size):
+        ids, mask, ref = reference(batch)
+        out = runner.run(ids, mask)
+        cosine = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+        worst = int(cosine.argmin())
+        assert cosine.min() >= 0.98, f"cosine {cosine.min():.4f} for {batch[worst][:60]!r}"
+
+
+def test_outputs_are_unit_vectors(minilm_spec, graft_home):
+    runner = OrtRunner(ensure_artifact(minilm_spec, "int8", graft_home), "CPUExecutionProvider", "int8")
+    ids, mask, _ = load_tokenizer(minilm_spec).encode(SENTENCES)
+    norms = np.linalg.norm(runner.run(ids, mask), axis=1)
+    assert np.allclose(norms, 1.0, atol=1e-5)
