@@ -1,6 +1,6 @@
 """Build a backbone's ONNX artifacts: export, ORT transformer optimisation, int8 and fp16.
 
-Artifacts live under GRAFT_HOME/backbones/<id>/<artifact key>/, where the key hashes the
+Artifacts live under GRAFT_HOME/backbones/<artifact key>/, where the key hashes the
 weights fingerprint, the export settings and the library versions: change any of them and
 the artifacts are rebuilt. Every file is written under a temporary name and renamed into
 place, and builds take a file lock, so a half-written model is never loaded and two
@@ -56,7 +56,7 @@ def artifact_key(spec: BackboneSpec) -> str:
 
 
 def artifact_dir(spec: BackboneSpec, home: Path) -> Path:
-    return Path(home) / "backbones" / spec.id / artifact_key(spec)
+    return Path(home) / "backbones" / artifact_key(spec)
 
 
 def ensure_artifact(spec: BackboneSpec, precision: str, home: Path) -> Path:

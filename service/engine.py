@@ -90,6 +90,8 @@ class Engine:
         name = name or self.settings.default_backbone
         if name in self.backbones:
             return self.backbones[name]
+        if self._failure:
+            raise Unavailable(f"{self._failure}; see the server log and /readyz")
         if not self.ready:
             raise Unavailable("backbones are still loading; retry shortly (see /readyz)")
         if name not in catalog_ids():  # request names never reach the filesystem

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.server import Server
+
+
+@pytest.fixture(scope="session")
+def server(graft_home, tmp_path_factory):
+    srv = Server(
+        graft_home,
+        tmp_path_factory.mktemp("logs") / "server.log",
+        GRAFT_MAX_BATCH_ITEMS="64",
+        GRAFT_MAX_TEXT_CHARS="5000",
+    ).start()
+    yield srv
+    srv.stop()

@@ -1,0 +1,113 @@
+"""MicroBatcher: concurrent submits share passes, large requests split, callers get their rows."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from models.base import EmbedResult
+from service.batching import MicroBatcher
+
+
+class Recorder:
+    """A deterministic 'backbone': row i is [value of item i], with a fixed pass time."""
+
+    def __init__(self, seconds: float = 0.02, fail_on: object = None) -> None:
+        self.batches: list[list[int]] = []
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+
+    def __call__(self, items: list[int]) -> EmbedResult:
+        if self.fail_on in items:
+            raise RuntimeError("boom")
+        with self.lock:
+            self.batches.append(list(items))
+        time.sleep(self.seconds)
+        return EmbedResult(np.array([[float(i)] for i in items], dtype=np.float32), [i < 0 for i in items])
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_are_batched_and_routed_back():
+    rec = Recorder()
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=64, max_wait_s=0.005)
+        results = await asyncio.gather(*(b.submit([i * 10 + k for k in range(4)]) for i in range(20)))
+        await b.close()
+        return results
+
+    results = run(main())
+    for i, r in enumerate(results):
+        assert r.vectors[:, 0].tolist() == [i * 10 + k for k in range(4)]
+    assert sum(len(b) for b in rec.batches) == 80
+    assert len(rec.batches) < 20  # requests shared passes
+    assert max(len(b) for b in rec.batches) <= 64
+
+
+def test_request_larger_than_max_size_is_split_and_reassembled():
+    rec = Recorder(seconds=0)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=8, max_wait_s=0)
+        r = await b.submit(list(range(-3, 20)))
+        await b.close()
+        return r
+
+    r = run(main())
+    assert r.vectors[:, 0].tolist() == list(range(-3, 20))
+    assert r.truncated == [i < 0 for i in range(-3, 20)]
+    assert all(len(batch) <= 8 for batch in rec.batches)
+
+
+def test_lone_request_waits_at_most_max_wait():
+    rec = Recorder(seconds=0)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=64, max_wait_s=0.05)
+        t = time.perf_counter()
+        await b.submit([1])
+        elapsed = time.perf_counter() - t
+        await b.close()
+        return elapsed
+
+    assert run(main()) < 1.0
+
+
+def test_failed_pass_fails_only_its_requests():
+    rec = Recorder(seconds=0, fail_on=666)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=4, max_wait_s=0)
+        bad = asyncio.ensure_future(b.submit([666]))
+        with pytest.raises(RuntimeError):
+            await bad
+        good = await b.submit([1, 2])  # the loop survived
+        await b.close()
+        return good
+
+    assert run(main()).vectors[:, 0].tolist() == [1, 2]
+
+
+def test_cancelled_request_leaves_the_queue():
+    rec = Recorder(seconds=0.1)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=2, max_wait_s=0)
+        first = asyncio.ensure_future(b.submit([1, 2]))  # occupies the backbone
+        await asyncio.sleep(0.02)
+        doomed = asyncio.ensure_future(b.submit([99, 98]))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        await first
+        await b.submit([3])
+        await b.close()
+
+    run(main())
+    assert [99, 98] not in rec.batches and all(99 not in b for b in rec.batches)

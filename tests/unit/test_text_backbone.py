@@ -1,0 +1,50 @@
+"""TextBackbone: order, truncation flags, length-sorted sub-batches that change nothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import load_backbone
+from models.text import _split_by_padding
+from tests.conftest import SENTENCES
+
+
+@pytest.fixture(scope="module")
+def backbone(graft_home):
+    return load_backbone("minilm-l6", graft_home, precision="fp32", provider="cpu")
+
+
+def test_describe(backbone):
+    d = backbone.describe()
+    assert d["dim"] == 384 and d["precision"] == "fp32" and d["provider"] == "CPUExecutionProvider"
+    assert d["kind"] == "text" and len(d["fingerprint"]) == 32
+
+
+def test_batch_equals_one_by_one_in_input_order(backbone):
+    together = backbone.embed(SENTENCES).vectors
+    alone = np.concatenate([backbone.embed([s]).vectors for s in SENTENCES])
+    assert np.abs(together - alone).max() < 1e-4
+
+
+def test_truncation_is_flagged_per_item(backbone):
+    long_text = "token " * 300
+    result = backbone.embed(["short", long_text, "x" * 10])
+    assert result.truncated == [False, True, False]
+
+
+def test_check_item_names_the_problem(backbone):
+    assert backbone.check_item("text") is None
+    assert "string" in backbone.check_item({"image": "..."})
+
+
+@pytest.mark.parametrize(
+    "lengths,expected",
+    [
+        ([5] * 20, [20]),
+        ([3] * 10 + [200] * 10, [10, 20]),  # far apart: two ORT passes
+        ([3] * 4 + [200], [5]),  # too few short rows to be worth a pass of their own
+        ([1], [1]),
+    ],
+)
+def test_split_by_padding(lengths, expected):
+    assert _split_by_padding(np.array(lengths)) == expected
