@@ -85,6 +85,18 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
+def _route_logs_through_bentoml() -> None:
+    """Our INFO logs (provider and precision in use, artifact builds) in BentoML's format."""
+    handlers = logging.getLogger("bentoml").handlers
+    for name in ("graft", "models", "service"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if handlers and not logger.handlers:
+            for handler in handlers:
+                logger.addHandler(handler)
+            logger.propagate = False
+
+
 class ReadyzMiddleware:
     """Answers /readyz with the Engine's state (provider, precision) instead of BentoML's
     empty body: 200 once every backbone is loaded, 503 while loading or after a failure."""
@@ -114,6 +126,7 @@ class ReadyzMiddleware:
 @bentoml.asgi_app(app, path="/")
 class Graft:
     def __init__(self) -> None:
+        _route_logs_through_bentoml()
         self.engine = Engine(settings)
 
     @bentoml.on_startup

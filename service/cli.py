@@ -14,7 +14,10 @@ def main() -> None:
     prep = sub.add_parser("prepare", help="export, optimise and quantise backbones into GRAFT_HOME")
     prep.add_argument("names", nargs="*", help="catalog ids or local model paths (default: GRAFT_BACKBONES)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The ONNX quantiser logs every tensor on the root logger at INFO; keep ours only.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("models", "service"):
+        logging.getLogger(name).setLevel(logging.INFO)
     settings = Settings()
     for name in args.names or settings.backbones:
         load_backbone(name, settings.home, precision=settings.precision, provider=settings.provider)

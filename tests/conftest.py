@@ -41,3 +41,15 @@ SENTENCES = [
     "Shipping took three weeks and the box arrived damaged.",
     "Can I change the delivery address after the order has shipped?",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where onnxruntime-gpu sees an NVIDIA GPU (never in CI)."""
+    from models.runtime import cuda_available
+
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs onnxruntime-gpu (make install GPU=1) and an NVIDIA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

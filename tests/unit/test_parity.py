@@ -59,3 +59,17 @@ def test_outputs_are_unit_vectors(minilm_spec, graft_home):
     ids, mask, _ = load_tokenizer(minilm_spec).encode(SENTENCES)
     norms = np.linalg.norm(runner.run(ids, mask), axis=1)
     assert np.allclose(norms, 1.0, atol=1e-5)
+
+
+def test_fp16_artifact_has_half_weights_and_float_io(reference, minilm_spec, graft_home):
+    """The GPU default is built and checked here too (CPU ORT runs it, slowly)."""
+    import onnx
+
+    path = ensure_artifact(minilm_spec, "fp16", graft_home)
+    model = onnx.load(str(path))
+    assert {i.data_type for i in model.graph.initializer if i.dims and len(i.dims) == 2} == {onnx.TensorProto.FLOAT16}
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    runner = OrtRunner(path, "CPUExecutionProvider", "fp16")
+    ids, mask, ref = reference(SENTENCES)
+    cosine = (runner.run(ids, mask) * ref).sum(1)
+    assert cosine.min() >= 0.995

@@ -1,0 +1,163 @@
+"""`make bench`: torch eager vs ORT fp32 vs ORT int8 vs the service over HTTP, one run.
+
+Every figure comes from this one process on this machine, so the ratios hold even on a
+shared, noisy host. The table goes to stdout and into docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import httpx
+
+from loadtests.data import rotten_tomatoes
+
+BEGIN, END = "<!-- bench_embed:begin -->", "<!-- bench_embed:end -->"
+
+
+def measure(fn: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float) -> tuple[float, float]:
+    """(sentences/s, p50 ms per call) calling fn on consecutive batches for `seconds`."""
+    for i in range(3):
+        fn(texts[i * batch : (i + 1) * batch])
+    lat: list[float] = []
+    done = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        chunk = [texts[(i * batch + k) % len(texts)] for k in range(batch)]
+        t = time.perf_counter()
+        fn(chunk)
+        lat.append(time.perf_counter() - t)
+        done += batch
+        i += 1
+    return done / (time.perf_counter() - start), statistics.median(lat) * 1000
+
+
+async def _http_load(url: str, texts: list[str], per_request: int, clients: int, seconds: float) -> tuple[float, float, int]:
+    lat: list[float] = []
+    errors = 0
+    done = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def worker(wid: int, until: float, record: bool) -> None:
+            nonlocal errors, done
+            i = wid
+            while time.perf_counter() < until:
+                chunk = [texts[(i * per_request + k) % len(texts)] for k in range(per_request)]
+                t = time.perf_counter()
+                r = await client.post("/v1/embed", json={"inputs": chunk})
+                if record:
+                    lat.append(time.perf_counter() - t)
+                    if r.status_code != 200:
+                        errors += 1
+                    else:
+                        done += per_request
+                i += clients
+
+        warm = time.perf_counter() + 1.5
+        await asyncio.gather(*(worker(w, warm, False) for w in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w, start + seconds, True) for w in range(clients)))
+        elapsed = time.perf_counter() - start
+    return done / elapsed, statistics.median(lat) * 1000, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per row")
+    parser.add_argument("--out", type=Path, help="markdown file to update between the bench markers")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from models import load_backbone
+    from models.catalog import resolve_spec
+    from models.export import load_torch_encoder
+    from models.text import load_tokenizer
+    from service.settings import Settings
+    from tests.integration.server import Server
+
+    settings = Settings()
+    texts = [t for t, _ in rotten_tomatoes(2048)]
+    spec = resolve_spec("minilm-l6")
+    tok = load_tokenizer(spec)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = load_torch_encoder(spec)
+
+    def torch_embed(batch: list[str]) -> np.ndarray:
+        ids, mask, _ = tok.encode(batch)
+        with torch.no_grad():
+            return model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    rows: list[tuple[str, str, float, float]] = []
+    for name, embed in [
+        ("torch eager (fp32)", torch_embed),
+        ("ORT fp32", load_backbone("minilm-l6", settings.home, precision="fp32", provider="cpu").embed),
+        ("ORT int8", load_backbone("minilm-l6", settings.home, precision="int8", provider="cpu").embed),
+    ]:
+        for batch in (1, 32):
+            rate, p50 = measure(embed, texts, batch, args.seconds)
+            rows.append((name, f"batch {batch}", rate, p50))
+            print(f"{name:22s} batch {batch:2d}: {rate:7.1f} sentences/s  p50 {p50:7.1f} ms", flush=True)
+    del model
+
+    with tempfile.TemporaryDirectory() as logs:
+        server = Server(settings.home, Path(logs) / "server.log", GRAFT_PRECISION="int8", GRAFT_PROVIDER="cpu").start()
+        try:
+            for per_request, clients in ((1, 32), (16, 8), (32, 4)):
+                rate, p50, errors = asyncio.run(_http_load(server.url, texts, per_request, clients, args.seconds))
+                label = f"{per_request} texts/request, {clients} clients"
+                rows.append(("service over HTTP (int8)", label, rate, p50))
+                print(f"service {label}: {rate:7.1f} sentences/s  p50 {p50:7.1f} ms  errors {errors}", flush=True)
+                if errors:
+                    raise SystemExit(f"{errors} failed requests during the benchmark")
+        finally:
+            server.stop()
+
+    ceiling = next(r[2] for r in rows if r[0] == "ORT int8" and r[1] == "batch 32")
+    table = render(rows, ceiling)
+    print("\n" + table)
+    if args.out:
+        write(args.out, table)
+
+
+def render(rows: list[tuple[str, str, float, float]], ceiling: float) -> str:
+    from models.export import library_versions
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    versions = ", ".join(f"{k} {v}" for k, v in library_versions().items())
+    lines = [
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {cpu}, {os.cpu_count()} cores "
+        f"(load generator on the same cores), {versions}. Texts: Rotten Tomatoes reviews; "
+        "sentences/s includes tokenisation; the ratio column divides by raw ORT int8 at batch 32.",
+        "",
+        "| path | load | sentences/s | p50 latency (ms) | × raw ORT int8 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, load, rate, p50 in rows:
+        lines.append(f"| {name} | {load} | {rate:.1f} | {p50:.1f} | {rate / ceiling:.2f} |")
+    return "\n".join(lines)
+
+
+def write(path: Path, table: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
