@@ -12,15 +12,19 @@ from typing import Any, TypeVar
 
 import bentoml
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.engine import Engine
-from service.errors import GraftError, InvalidInput
-from service.schemas import EmbedRequest, EmbedResponse, ErrorResponse
+from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, translate
+from service.schemas import (
+    NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
+    EmbedRequest, EmbedResponse, ErrorResponse, PredictRequest, PredictResponse, PromoteRequest, TenantRequest,
+    TenantResponse, VersionDetail, VersionList,
+)
 from service.settings import get_settings
 
 log = logging.getLogger("graft")
@@ -48,6 +52,13 @@ def _error(err: GraftError) -> Response:
 @app.exception_handler(GraftError)
 async def _graft_error(_: Request, err: GraftError) -> Response:
     return _error(err)
+
+
+for _kind in DOMAIN_ERRORS:
+    app.add_exception_handler(_kind, lambda _req, err: _error(translate(err)))  # type: ignore[arg-type]
+
+TenantPath = Path(pattern=NAME_PATTERN, description="tenant id")
+AdapterPath = Path(pattern=NAME_PATTERN, description="adapter name")
 
 
 def _invalid(errors: list[Any]) -> InvalidInput:
@@ -149,10 +160,76 @@ class Graft:
             {
                 "backbone": out.backbone.id,
                 "dim": out.backbone.dim,
-                "embeddings": out.result.vectors,
-                "truncated": [i for i, t in enumerate(out.result.truncated) if t],
+                "embeddings": out.vectors,
+                "truncated": [i for i, t in enumerate(out.truncated) if t],
             }
         )
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=json_body(PredictRequest))
+    async def predict(self, request: Request) -> Response:
+        """Classify items with a tenant's adapter (its active version) on the shared backbone."""
+        body = await parse(PredictRequest, request)
+        out = await self.engine.predict(body.tenant, body.adapter, body.inputs, body.top_k)
+        return _json(
+            {"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
+             "backbone": out.backbone, "predictions": out.predictions}
+        )
+
+    @app.post("/v1/tenants", status_code=201, response_model=TenantResponse, responses=ERRORS,
+              openapi_extra=json_body(TenantRequest))
+    async def create_tenant(self, request: Request) -> Response:
+        body = await parse(TenantRequest, request)
+        await self.engine.create_tenant(body.tenant)
+        return _json({"tenant": body.tenant}, 201)
+
+    @app.post("/v1/adapters", status_code=201, response_model=CreatedAdapter, responses=ERRORS,
+              openapi_extra=json_body(CreateAdapterRequest))
+    async def create_adapter(self, request: Request) -> Response:
+        """A zero-shot adapter from label names: version 1, serving at once."""
+        body = await parse(CreateAdapterRequest, request)
+        version = await self.engine.create_zero_shot(
+            body.tenant, body.adapter, body.labels, body.descriptions, body.backbone
+        )
+        backbone = body.backbone or settings.default_backbone
+        return _json({"tenant": body.tenant, "adapter": body.adapter, "version": version,
+                      "backbone": backbone, "labels": body.labels}, 201)
+
+    @app.get("/v1/tenants/{tenant}/adapters", response_model=AdapterList, responses=ERRORS)
+    async def list_adapters(self, tenant: str = TenantPath) -> AdapterList:
+        infos = await self.engine.list_adapters(tenant)
+        return AdapterList(tenant=tenant, adapters=[
+            AdapterSummary(adapter=i.adapter, backbone=i.backbone, active_version=i.active_version, versions=i.versions)
+            for i in infos
+        ])
+
+    @app.get("/v1/tenants/{tenant}/adapters/{adapter}/versions", response_model=VersionList, responses=ERRORS)
+    async def list_versions(self, tenant: str = TenantPath, adapter: str = AdapterPath) -> VersionList:
+        versions = await self.engine.list_versions(tenant, adapter)
+        return VersionList(tenant=tenant, adapter=adapter, versions=[
+            VersionDetail(
+                version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
+                head=v.config.head, labels=v.config.labels, metrics=v.config.metrics,
+                training=v.config.training, parent_version=v.config.parent_version,
+            )
+            for v in versions
+        ])
+
+    @app.post("/v1/tenants/{tenant}/adapters/{adapter}/promote", response_model=ActiveVersion, responses=ERRORS,
+              openapi_extra=json_body(PromoteRequest))
+    async def promote(self, request: Request, tenant: str = TenantPath, adapter: str = AdapterPath) -> ActiveVersion:
+        body = await parse(PromoteRequest, request)
+        version = await self.engine.promote(tenant, adapter, body.version)
+        return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
+
+    @app.post("/v1/tenants/{tenant}/adapters/{adapter}/rollback", response_model=ActiveVersion, responses=ERRORS)
+    async def rollback(self, tenant: str = TenantPath, adapter: str = AdapterPath) -> ActiveVersion:
+        version = await self.engine.rollback(tenant, adapter)
+        return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
+
+    @app.delete("/v1/tenants/{tenant}/adapters/{adapter}", response_model=Deleted, responses=ERRORS)
+    async def delete_adapter(self, tenant: str = TenantPath, adapter: str = AdapterPath) -> Deleted:
+        await self.engine.delete_adapter(tenant, adapter)
+        return Deleted(tenant=tenant, adapter=adapter, deleted=True)
 
 
 Graft.add_asgi_middleware(ReadyzMiddleware)

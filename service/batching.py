@@ -1,4 +1,4 @@
-"""Micro-batching: concurrent requests share one backbone pass.
+"""Micro-batching: concurrent requests (of any tenants) share one backbone pass.
 
 One loop per backbone takes whatever is queued (up to `max_size` items) and runs it in a
 worker thread. While a pass runs, new requests queue up, so the batch grows with load by
@@ -12,26 +12,28 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import numpy as np
-
-from models.base import EmbedResult
+from typing import Callable, Generic, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+
+
 @dataclass
-class _Chunk:
-    items: list[Any]
-    future: asyncio.Future[EmbedResult] = field(repr=False)
+class _Chunk(Generic[T, R]):
+    items: list[T]
+    future: asyncio.Future[Sequence[R]] = field(repr=False)
 
 
-class MicroBatcher:
+class MicroBatcher(Generic[T, R]):
+    """`run(items)` returns one result per item, in order; it runs in a worker thread."""
+
     def __init__(
         self,
         name: str,
-        run: Callable[[list[Any]], EmbedResult],
+        run: Callable[[list[T]], Sequence[R]],
         *,
         max_size: int,
         max_wait_s: float,
@@ -42,7 +44,7 @@ class MicroBatcher:
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self._on_batch = on_batch
-        self._pending: deque[_Chunk] = deque()
+        self._pending: deque[_Chunk[T, R]] = deque()
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
         self._task: asyncio.Task[None] | None = None
@@ -60,8 +62,8 @@ class MicroBatcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def submit(self, items: list[Any]) -> EmbedResult:
-        """Embed items, sharing backbone passes with whoever else is asking."""
+    async def submit(self, items: list[T]) -> list[R]:
+        """Results for items, sharing backbone passes with whoever else is asking."""
         self.start()
         loop = asyncio.get_running_loop()
         chunks = [
@@ -76,12 +78,7 @@ class MicroBatcher:
             for c in chunks:  # the caller is gone: its items leave the queue
                 c.future.cancel()
             raise
-        if len(parts) == 1:
-            return parts[0]
-        return EmbedResult(
-            vectors=np.concatenate([p.vectors for p in parts]),
-            truncated=[t for p in parts for t in p.truncated],
-        )
+        return [row for part in parts for row in part]
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -103,15 +100,13 @@ class MicroBatcher:
             for chunk in batch:
                 n = len(chunk.items)
                 if not chunk.future.done():
-                    chunk.future.set_result(
-                        EmbedResult(result.vectors[offset : offset + n], result.truncated[offset : offset + n])
-                    )
+                    chunk.future.set_result(result[offset : offset + n])
                 offset += n
 
-    async def _collect(self) -> list[_Chunk]:
+    async def _collect(self) -> list[_Chunk[T, R]]:
         """Wait for work, then take queued chunks until the batch is full or the wait is over."""
         deadline: float | None = None
-        batch: list[_Chunk] = []
+        batch: list[_Chunk[T, R]] = []
         size = 0
         while True:
             while self._pending and size + len(self._pending[0].items) <= self.max_size:

@@ -1,6 +1,8 @@
-"""The transport-agnostic core: backbones, micro-batching, validation of items.
+"""The transport-agnostic core: backbones, cross-tenant micro-batching, adapters.
 
-HTTP (and the gRPC server to come) call the Engine; it holds no transport logic.
+HTTP (and the gRPC server to come) call the Engine; it holds no transport logic and no ML
+beyond wiring: one backbone pass per micro-batch, whatever tenants the rows belong to,
+then each (tenant, adapter) group of rows through its head.
 """
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from models import Backbone, EmbedResult, load_backbone
+import numpy as np
+
+from adapters import format as adapter_format
+from adapters import zero_shot
+from adapters.cache import AdapterCache, BackboneRef
+from adapters.format import Adapter
+from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
+from models import Backbone, load_backbone
 from models.catalog import catalog_ids
 from service import metrics
 from service.batching import MicroBatcher
@@ -19,28 +28,80 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One item in a micro-batch, with the head (if any) its row goes through."""
+
+    item: Any
+    head: Adapter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    vector: np.ndarray
+    truncated: bool
+    scores: np.ndarray | None
+
+
+def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
+    """One backbone call for the whole batch, then one head call per distinct adapter."""
+    result = backbone.embed([w.item for w in work])
+    scores: list[np.ndarray | None] = [None] * len(work)
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(work):
+        if w.head is not None:
+            groups.setdefault(id(w.head), []).append(i)
+    for rows in groups.values():
+        head = work[rows[0]].head
+        assert head is not None
+        for i, p in zip(rows, head.predict_proba(result.vectors[rows])):
+            scores[i] = p
+    return [Row(result.vectors[i], result.truncated[i], scores[i]) for i in range(len(work))]
+
+
 @dataclass(frozen=True)
 class Embedding:
     backbone: Backbone
-    result: EmbedResult
+    vectors: np.ndarray
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tenant: str
+    adapter: str
+    version: int
+    backbone: str
+    predictions: list[dict[str, Any]]
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.backbones: dict[str, Backbone] = {}
-        self._batchers: dict[str, MicroBatcher] = {}
+        self._batchers: dict[str, MicroBatcher[Work, Row]] = {}
         self._failure: str | None = None
         self._loading: asyncio.Task[None] | None = None
+        self.registry = registry or Registry(settings.database_url or default_url(settings.home))
+        self.cache = AdapterCache(
+            self.registry,
+            self._backbone_ref,
+            max_bytes=settings.cache_max_mb * 1024 * 1024,
+            poll_interval_s=settings.registry_poll_ms / 1000,
+            events=metrics.cache_events(),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
         return bool(self.backbones) and len(self.backbones) == len(self.settings.backbones)
 
     def start(self) -> None:
-        """Load the backbones in the background so /livez answers while they load."""
+        """Load backbones in the background (so /livez answers meanwhile); watch the registry."""
         if self._loading is None:
             self._loading = asyncio.get_running_loop().create_task(self._load_all(), name="load-backbones")
+            self.cache.start()
 
     async def wait_ready(self) -> None:
         self.start()
@@ -65,7 +126,7 @@ class Engine:
         self.backbones[backbone.id] = backbone
         self._batchers[backbone.id] = MicroBatcher(
             backbone.id,
-            backbone.embed,
+            lambda work, b=backbone: backbone_pass(b, work),
             max_size=self.settings.batch_max_size,
             max_wait_s=self.settings.batch_max_wait_ms / 1000,
             on_batch=lambda n, sec, name=backbone.id: metrics.observe_batch(name, n, sec),
@@ -82,8 +143,12 @@ class Engine:
     async def close(self) -> None:
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
+        await self.cache.close()
         for batcher in self._batchers.values():
             await batcher.close()
+        self.registry.close()
+
+    # -- backbones -------------------------------------------------------------------
 
     def backbone(self, name: str | None) -> Backbone:
         """The loaded backbone by id; 404 when Graft does not know it, 409 when not loaded here."""
@@ -103,6 +168,10 @@ class Engine:
             f"backbone {name!r} is not loaded on this server; add it to GRAFT_BACKBONES",
             {"backbone": name, "available": sorted(self.backbones)},
         )
+
+    def _backbone_ref(self, name: str) -> BackboneRef | None:
+        b = self.backbones.get(name)
+        return BackboneRef(b.fingerprint, b.dim) if b else None
 
     def validate_items(self, backbone: Backbone, items: list[Any]) -> None:
         limit = self.settings.max_batch_items
@@ -124,8 +193,73 @@ class Engine:
                     {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
                 )
 
+    async def _run(self, backbone: Backbone, work: list[Work]) -> list[Row]:
+        return await self._batchers[backbone.id].submit(work)
+
+    # -- inference -------------------------------------------------------------------
+
     async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
         model = self.backbone(backbone)
         self.validate_items(model, items)
-        result = await self._batchers[model.id].submit(items)
-        return Embedding(model, result)
+        rows = await self._run(model, [Work(item) for item in items])
+        return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows])
+
+    async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
+        if top_k < 1:
+            raise InvalidInput("top_k must be at least 1")
+        async with self.cache.lease(tenant, adapter) as head:
+            model = self.backbone(head.config.backbone)
+            self.validate_items(model, items)
+            rows = await self._run(model, [Work(item, head) for item in items])
+        labels = head.labels
+        k = min(top_k, len(labels))
+        predictions = []
+        for row in rows:
+            assert row.scores is not None
+            order = np.argsort(-row.scores)[:k]
+            top = [{"label": labels[i], "score": float(row.scores[i])} for i in order]
+            predictions.append({**top[0], "top": top, "truncated": row.truncated})
+        return Prediction(tenant, adapter, head.version, model.id, predictions)
+
+    # -- adapters --------------------------------------------------------------------
+
+    async def create_tenant(self, tenant: str) -> None:
+        await asyncio.to_thread(self.registry.create_tenant, tenant)
+
+    async def create_zero_shot(
+        self, tenant: str, adapter: str, labels: list[str],
+        descriptions: dict[str, str] | None = None, backbone: str | None = None,
+    ) -> int:
+        """Version 1 of a new adapter: a head from the backbone's embeddings of the labels."""
+        zero_shot.check_labels(labels, descriptions)
+        if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
+            raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
+        model = self.backbone(backbone)
+        texts = zero_shot.label_texts(labels, descriptions)
+        self.validate_items(model, texts)
+        rows = await self._run(model, [Work(t) for t in texts])
+        config, tensors = zero_shot.build(
+            model.id, model.fingerprint, labels, np.stack([r.vector for r in rows]), descriptions
+        )
+        config, weights = adapter_format.encode(config, tensors)
+        return await asyncio.to_thread(self.registry.create_adapter, tenant, adapter, config, weights)
+
+    async def list_adapters(self, tenant: str) -> list[AdapterInfo]:
+        return await asyncio.to_thread(self.registry.list_adapters, tenant)
+
+    async def list_versions(self, tenant: str, adapter: str) -> list[VersionInfo]:
+        return await asyncio.to_thread(self.registry.list_versions, tenant, adapter)
+
+    async def promote(self, tenant: str, adapter: str, version: int) -> int:
+        v = await asyncio.to_thread(self.registry.promote, tenant, adapter, version)
+        await self.cache.refresh()  # this replica serves it at once; others within a poll
+        return v
+
+    async def rollback(self, tenant: str, adapter: str) -> int:
+        v = await asyncio.to_thread(self.registry.rollback, tenant, adapter)
+        await self.cache.refresh()
+        return v
+
+    async def delete_adapter(self, tenant: str, adapter: str) -> None:
+        await asyncio.to_thread(self.registry.delete_adapter, tenant, adapter)
+        await self.cache.refresh()

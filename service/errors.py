@@ -1,7 +1,12 @@
 """A few typed errors, each mapped once to an HTTP status (and, later, a gRPC code)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+from adapters.cache import BackboneNotLoaded
+from adapters.format import AdapterFormatError
+from adapters.registry import ConflictError, NotFoundError
+from adapters.zero_shot import LabelError
 
 
 class GraftError(Exception):
@@ -48,3 +53,24 @@ class RateLimited(GraftError):
 
 class Unavailable(GraftError):
     status, code = 503, "unavailable"
+
+
+
+# The one place where errors raised by adapters/ become client-facing errors.
+_DOMAIN: list[tuple[type[Exception], Callable[[Exception], GraftError]]] = [
+    (NotFoundError, lambda e: NotFound(str(e))),
+    (ConflictError, lambda e: Conflict(str(e))),
+    (BackboneNotLoaded, lambda e: Conflict(str(e))),
+    (AdapterFormatError, lambda e: Conflict(f"the active adapter version cannot be served: {e}")),
+    (LabelError, lambda e: InvalidInput(str(e))),
+]
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(t for t, _ in _DOMAIN)
+
+
+def translate(exc: Exception) -> GraftError:
+    if isinstance(exc, GraftError):
+        return exc
+    for kind, make in _DOMAIN:
+        if isinstance(exc, kind):
+            return make(exc)
+    raise TypeError(f"no client mapping for {type(exc).__name__}") from exc

@@ -5,7 +5,9 @@ objects; gauges say how to combine values across worker processes.
 """
 from __future__ import annotations
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from adapters.cache import CacheEvents
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 COMPUTE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -33,3 +35,37 @@ backbone_info = Gauge(
 def observe_batch(backbone: str, items: int, seconds: float) -> None:
     backbone_batch_size.labels(backbone).observe(items)
     backbone_compute_seconds.labels(backbone).observe(seconds)
+
+adapter_cache_requests = Counter(
+    "graft_adapter_cache_requests_total", "Adapter lookups by result", ["result"]
+)
+adapter_cache_evictions = Counter("graft_adapter_cache_evictions_total", "Adapters evicted to stay under the byte budget")
+adapter_load_seconds = Histogram(
+    "graft_adapter_load_seconds",
+    "Seconds to read, verify and load one adapter version on a cache miss",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+adapter_load_failures = Counter(
+    "graft_adapter_load_failures_total", "Adapter versions refused (checksum, fingerprint, shape)", ["reason"]
+)
+adapter_cache_resident = Gauge(
+    "graft_adapter_cache_resident", "Adapters resident in memory", multiprocess_mode="livesum"
+)
+adapter_cache_resident_bytes = Gauge(
+    "graft_adapter_cache_resident_bytes", "Bytes of resident adapter weights", multiprocess_mode="livesum"
+)
+
+
+def cache_events() -> CacheEvents:
+    def resident(count: int, nbytes: int) -> None:
+        adapter_cache_resident.set(count)
+        adapter_cache_resident_bytes.set(nbytes)
+
+    return CacheEvents(
+        on_hit=adapter_cache_requests.labels("hit").inc,
+        on_miss=adapter_cache_requests.labels("miss").inc,
+        on_load=adapter_load_seconds.observe,
+        on_evict=adapter_cache_evictions.inc,
+        on_failure=lambda reason: adapter_load_failures.labels(reason).inc(),
+        on_resident=resident,
+    )

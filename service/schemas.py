@@ -1,7 +1,12 @@
 """Request and response bodies of the HTTP contract (pydantic at the edge)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class _Strict(BaseModel):
@@ -20,6 +25,103 @@ class EmbedResponse(BaseModel):
     truncated: list[int] = Field(
         description="indices of inputs cut to the backbone's token limit before embedding"
     )
+
+
+class PredictRequest(_Strict):
+    tenant: Name
+    adapter: Name = "default"
+    inputs: list[str]
+    top_k: int = Field(1, ge=1, le=100, description="how many labels to rank per item")
+
+
+class Scored(BaseModel):
+    label: str
+    score: float
+
+
+class ItemPrediction(Scored):
+    top: list[Scored]
+    truncated: bool
+
+
+class PredictResponse(BaseModel):
+    tenant: str
+    adapter: str
+    version: int
+    backbone: str
+    predictions: list[ItemPrediction]
+
+
+class TenantRequest(_Strict):
+    tenant: Name
+
+
+class TenantResponse(BaseModel):
+    tenant: str
+
+
+class CreateAdapterRequest(_Strict):
+    tenant: Name
+    adapter: Name = "default"
+    backbone: str | None = None
+    labels: list[str] = Field(description="class names, unique, at least 2")
+    descriptions: dict[str, str] | None = Field(
+        None, description="optional text per label, embedded instead of the bare name"
+    )
+
+
+class AdapterSummary(BaseModel):
+    adapter: str
+    backbone: str
+    active_version: int | None
+    versions: int
+
+
+class AdapterList(BaseModel):
+    tenant: str
+    adapters: list[AdapterSummary]
+
+
+class CreatedAdapter(BaseModel):
+    tenant: str
+    adapter: str
+    version: int
+    backbone: str
+    labels: list[str]
+
+
+class VersionDetail(BaseModel):
+    version: int
+    active: bool
+    created_at: str
+    backbone: str
+    head: str
+    labels: list[str]
+    metrics: dict[str, object]
+    training: dict[str, object]
+    parent_version: int | None
+
+
+class VersionList(BaseModel):
+    tenant: str
+    adapter: str
+    versions: list[VersionDetail]
+
+
+class PromoteRequest(_Strict):
+    version: int = Field(ge=1)
+
+
+class ActiveVersion(BaseModel):
+    tenant: str
+    adapter: str
+    active_version: int
+
+
+class Deleted(BaseModel):
+    tenant: str
+    adapter: str
+    deleted: bool
 
 
 class ErrorBody(BaseModel):

@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     port: int = 3000
     workers: int = Field(1, ge=1, description="HTTP worker processes, each with its own backbones")
 
+    database_url: str | None = Field(
+        None, description="registry database; default sqlite under GRAFT_HOME, postgresql://… for replicas"
+    )
+    cache_max_mb: int = Field(256, ge=1, description="resident adapter weights per process (LRU beyond)")
+    registry_poll_ms: int = Field(500, ge=50, description="how often replicas look for registry changes")
+
     max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
     max_text_chars: int = Field(20_000, ge=1)
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")

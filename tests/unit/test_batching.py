@@ -5,15 +5,13 @@ import asyncio
 import threading
 import time
 
-import numpy as np
 import pytest
 
-from models.base import EmbedResult
 from service.batching import MicroBatcher
 
 
 class Recorder:
-    """A deterministic 'backbone': row i is [value of item i], with a fixed pass time."""
+    """A deterministic 'backbone': row i is (value of item i, negative?), with a fixed pass time."""
 
     def __init__(self, seconds: float = 0.02, fail_on: object = None) -> None:
         self.batches: list[list[int]] = []
@@ -21,13 +19,13 @@ class Recorder:
         self.fail_on = fail_on
         self.lock = threading.Lock()
 
-    def __call__(self, items: list[int]) -> EmbedResult:
+    def __call__(self, items: list[int]) -> list[tuple[float, bool]]:
         if self.fail_on in items:
             raise RuntimeError("boom")
         with self.lock:
             self.batches.append(list(items))
         time.sleep(self.seconds)
-        return EmbedResult(np.array([[float(i)] for i in items], dtype=np.float32), [i < 0 for i in items])
+        return [(float(i), i < 0) for i in items]
 
 
 def run(coro):
@@ -45,7 +43,7 @@ def test_concurrent_requests_are_batched_and_routed_back():
 
     results = run(main())
     for i, r in enumerate(results):
-        assert r.vectors[:, 0].tolist() == [i * 10 + k for k in range(4)]
+        assert [v for v, _ in r] == [i * 10 + k for k in range(4)]
     assert sum(len(b) for b in rec.batches) == 80
     assert len(rec.batches) < 20  # requests shared passes
     assert max(len(b) for b in rec.batches) <= 64
@@ -61,8 +59,7 @@ def test_request_larger_than_max_size_is_split_and_reassembled():
         return r
 
     r = run(main())
-    assert r.vectors[:, 0].tolist() == list(range(-3, 20))
-    assert r.truncated == [i < 0 for i in range(-3, 20)]
+    assert r == [(float(i), i < 0) for i in range(-3, 20)]
     assert all(len(batch) <= 8 for batch in rec.batches)
 
 
@@ -92,7 +89,7 @@ def test_failed_pass_fails_only_its_requests():
         await b.close()
         return good
 
-    assert run(main()).vectors[:, 0].tolist() == [1, 2]
+    assert run(main()) == [(1.0, False), (2.0, False)]
 
 
 def test_cancelled_request_leaves_the_queue():

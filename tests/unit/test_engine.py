@@ -10,21 +10,24 @@ from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Un
 from service.settings import Settings
 
 
-def make(graft_home, **kw) -> Engine:
-    return Engine(Settings(home=graft_home, max_batch_items=4, max_text_chars=50, **kw))
+def make(graft_home, tmp_path, **kw) -> Engine:
+    return Engine(Settings(
+        home=graft_home, database_url=f"sqlite:///{tmp_path}/registry.db",
+        max_batch_items=4, max_text_chars=50, **kw,
+    ))
 
 
-def test_lifecycle_and_embedding(graft_home, minilm_spec):
+def test_lifecycle_and_embedding(graft_home, minilm_spec, tmp_path):
     async def main():
         # Loaded by path: the catalog id `minilm-l6` is then known but not loaded here.
-        engine = make(graft_home, backbones=[str(minilm_spec.path)], default_backbone="model")
+        engine = make(graft_home, tmp_path, backbones=[str(minilm_spec.path)], default_backbone="model")
         assert engine.status()["status"] == "loading"
         with pytest.raises(Unavailable):
             await engine.embed(["hi"])
         await engine.wait_ready()
         assert engine.status()["status"] == "ready"
         out = await engine.embed(["hi", "there"])
-        assert out.backbone.id == "model" and out.result.vectors.shape == (2, 384)
+        assert out.backbone.id == "model" and out.vectors.shape == (2, 384)
         with pytest.raises(Conflict, match="GRAFT_BACKBONES"):
             await engine.embed(["hi"], "minilm-l6")
         with pytest.raises(NotFound):
@@ -44,7 +47,7 @@ def test_lifecycle_and_embedding(graft_home, minilm_spec):
 
 def test_failed_load_is_reported_not_raised(graft_home, tmp_path):
     async def main():
-        engine = make(graft_home, backbones=[str(tmp_path / "missing")])
+        engine = make(graft_home, tmp_path, backbones=[str(tmp_path / "missing")])
         await engine.wait_ready()
         status = engine.status()
         assert status["status"] == "failed" and "missing" in status["error"]

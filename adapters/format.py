@@ -1,0 +1,151 @@
+"""One immutable adapter version: a JSON config plus head weights in safetensors.
+
+The config names the backbone (id and fingerprint) and embedding dim the head was built
+for, the head kind, the labels, metrics, a training summary, created_at and the parent
+version; it also carries the SHA-256 of the weights bytes. Loading checks all of them, so a
+head never runs on embeddings it was not made for, and a tampered file is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+HEAD_KINDS = {
+    "linear": ("weight", "bias"),  # logits = x W^T + b
+    "mlp": ("w1", "b1", "w2", "b2"),  # logits = relu(x W1^T + b1) W2^T + b2
+}
+
+
+class AdapterFormatError(ValueError):
+    """A version that does not fit its backbone, or whose bytes are not what was stored."""
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    backbone: str
+    fingerprint: str
+    dim: int
+    head: str
+    labels: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    parent_version: int | None = None
+    weights_sha256: str = ""
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "AdapterConfig":
+        try:
+            data = json.loads(raw)
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise AdapterFormatError(f"adapter config is not valid: {e}") from e
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A loaded, verified head: what the cache keeps resident and the engine applies."""
+
+    config: AdapterConfig
+    tensors: dict[str, np.ndarray]
+    version: int = 0
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values()) + 64 * len(self.labels)
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+        t = self.tensors
+        if self.config.head == "linear":
+            logits = embeddings @ t["weight"].T + t["bias"]
+        else:
+            hidden = np.maximum(embeddings @ t["w1"].T + t["b1"], 0.0)
+            logits = hidden @ t["w2"].T + t["b2"]
+        logits = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels: int) -> None:
+    """Shapes a head of this kind must have; ValueError says which tensor and how to fix."""
+    if head not in HEAD_KINDS:
+        raise AdapterFormatError(f"unknown head kind {head!r}: use one of {sorted(HEAD_KINDS)}")
+    missing = set(HEAD_KINDS[head]) - set(tensors)
+    if missing:
+        raise AdapterFormatError(f"{head} head lacks tensors {sorted(missing)}")
+    if head == "linear":
+        expected = {"weight": (n_labels, dim), "bias": (n_labels,)}
+    else:
+        hidden = tensors["w1"].shape[0]
+        expected = {"w1": (hidden, dim), "b1": (hidden,), "w2": (n_labels, hidden), "b2": (n_labels,)}
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterFormatError(
+                f"{head} head tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                f"(embedding dim {dim}, {n_labels} labels): rebuild the head for this backbone"
+            )
+
+
+def encode(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> tuple[AdapterConfig, bytes]:
+    """Serialise a new version: the config gains the SHA-256 of the safetensors bytes."""
+    check_tensors(config.head, tensors, config.dim, len(config.labels))
+    weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+    sealed = AdapterConfig(**{**asdict(config), "weights_sha256": hashlib.sha256(weights).hexdigest()})
+    return sealed, weights
+
+
+def decode(
+    config_json: bytes | str,
+    weights: bytes,
+    *,
+    fingerprint: str,
+    dim: int,
+    version: int = 0,
+) -> Adapter:
+    """Verify and load a stored version for a backbone with this fingerprint and dim."""
+    config = AdapterConfig.from_json(config_json)
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != config.weights_sha256:
+        raise AdapterFormatError(
+            f"adapter weights checksum mismatch (stored {config.weights_sha256[:12]}…, read {digest[:12]}…): "
+            "the version is corrupt or was tampered with; promote another version"
+        )
+    if config.fingerprint != fingerprint:
+        raise AdapterFormatError(
+            f"adapter was built for backbone {config.backbone!r} with fingerprint {config.fingerprint[:12]}…, "
+            f"but the loaded backbone has {fingerprint[:12]}…: retrain or recreate the adapter on this backbone"
+        )
+    if config.dim != dim:
+        raise AdapterFormatError(f"adapter expects {config.dim}-d embeddings, the backbone gives {dim}-d")
+    try:
+        tensors = st_load(weights)
+    except Exception as e:
+        raise AdapterFormatError(f"adapter weights are not valid safetensors: {e}") from e
+    check_tensors(config.head, tensors, dim, len(config.labels))
+    return Adapter(config=config, tensors=tensors, version=version)
+
+
+def write_dir(path: Path, config: AdapterConfig, weights: bytes) -> None:
+    """On-disk layout of one version (export, inspection): config.json + head.safetensors."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "head.safetensors").write_bytes(weights)
+    (path / "config.json").write_bytes(config.to_json())
+
+
+def read_dir(path: Path) -> tuple[bytes, bytes]:
+    return (path / "config.json").read_bytes(), (path / "head.safetensors").read_bytes()

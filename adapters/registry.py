@@ -1,0 +1,339 @@
+"""The Registry: tenants, adapters, versions and active pointers (SQLAlchemy 2).
+
+SQLite under GRAFT_HOME by default; PostgreSQL (GRAFT_DATABASE_URL) when replicas share
+it. Every write runs in one transaction that first bumps a single sequence row: that row
+lock serialises writers on both databases, makes promote/rollback/delete atomic, and gives
+replicas a cheap watermark to poll (`watermark()`, then `changes_since()`).
+Version bytes (config JSON and safetensors weights) live in the database itself, so
+replicas need no shared filesystem.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON, BigInteger, DateTime, ForeignKey, ForeignKeyConstraint, Integer, LargeBinary, String, Text,
+    create_engine, delete, event, func, select, update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from adapters.format import AdapterConfig
+
+log = logging.getLogger(__name__)
+
+
+class NotFoundError(LookupError):
+    """No such tenant, adapter or version (for this tenant)."""
+
+
+class ConflictError(RuntimeError):
+    """The change does not fit the current state (exists already, nothing to roll back)."""
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class AdapterRow(Base):
+    __tablename__ = "adapters"
+    tenant_id: Mapped[str] = mapped_column(String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    backbone: Mapped[str] = mapped_column(String(255))
+    active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Previously active versions, most recent last: rollback pops it.
+    history: Mapped[list[int]] = mapped_column(JSON, default=list)
+    next_version: Mapped[int] = mapped_column(Integer, default=1)
+    deleted: Mapped[bool] = mapped_column(default=False)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class VersionRow(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        ForeignKeyConstraint(["tenant_id", "adapter"], ["adapters.tenant_id", "adapters.name"], ondelete="CASCADE"),
+    )
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    config: Mapped[str] = mapped_column(Text)
+    weights: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class MetaRow(Base):
+    __tablename__ = "registry_meta"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    tenant: str
+    adapter: str
+    backbone: str
+    active_version: int | None
+    versions: int
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    created_at: str
+    active: bool
+    config: AdapterConfig
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    tenant: str
+    adapter: str
+    version: int
+    config: bytes
+    weights: bytes
+
+
+@dataclass(frozen=True)
+class Change:
+    """The state of one adapter after a write with sequence number `seq`."""
+
+    tenant: str
+    adapter: str
+    active_version: int | None  # None: deleted, or nothing active
+    seq: int
+
+
+def normalise_url(url: str) -> str:
+    """postgresql://… uses psycopg 3; sqlite URLs are taken as they are."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def default_url(home: Path) -> str:
+    return f"sqlite:///{Path(home).resolve() / 'registry.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class Registry:
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url)
+        if migrate:
+            from adapters.migrations import upgrade
+
+            upgrade(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes (each one transaction, serialised by the sequence row) ---------------
+
+    def create_tenant(self, tenant: str) -> None:
+        with self._session.begin() as s:
+            self._bump(s)
+            if s.get(TenantRow, tenant) is not None:
+                raise ConflictError(f"tenant {tenant!r} exists already")
+            s.add(TenantRow(id=tenant))
+
+    def create_adapter(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes) -> int:
+        """A new adapter whose version 1 (or the next number, if the name was deleted) is active."""
+        with self._session.begin() as s:
+            seq = self._bump(s)
+            self._tenant(s, tenant)
+            row = s.get(AdapterRow, (tenant, adapter))
+            if row is not None and not row.deleted:
+                raise ConflictError(
+                    f"adapter {adapter!r} exists already for tenant {tenant!r}: promote a version, or delete it first"
+                )
+            if row is None:
+                row = AdapterRow(tenant_id=tenant, name=adapter, backbone=config.backbone, next_version=1, seq=seq, history=[])
+                s.add(row)
+            version = row.next_version
+            row.backbone, row.deleted, row.history, row.seq = config.backbone, False, [], seq
+            row.next_version = version + 1
+            row.active_version = version
+            s.add(self._version_row(tenant, adapter, version, config, weights))
+            return version
+
+    def add_version(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes, *, activate: bool) -> int:
+        with self._session.begin() as s:
+            seq = self._bump(s)
+            row = self._adapter(s, tenant, adapter)
+            version = row.next_version
+            row.next_version = version + 1
+            s.add(self._version_row(tenant, adapter, version, config, weights))
+            if activate:
+                self._activate(row, version, seq)
+            return version
+
+    def promote(self, tenant: str, adapter: str, version: int) -> int:
+        with self._session.begin() as s:
+            seq = self._bump(s)
+            row = self._adapter(s, tenant, adapter)
+            if s.get(VersionRow, (tenant, adapter, version)) is None:
+                raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
+            if row.active_version == version:
+                return version
+            self._activate(row, version, seq)
+            return version
+
+    def rollback(self, tenant: str, adapter: str) -> int:
+        """Make the previously active version active again."""
+        with self._session.begin() as s:
+            seq = self._bump(s)
+            row = self._adapter(s, tenant, adapter)
+            if not row.history:
+                raise ConflictError(f"adapter {adapter!r} has no earlier active version to roll back to")
+            history = list(row.history)
+            row.active_version = history.pop()
+            row.history = history
+            row.seq = seq
+            return row.active_version
+
+    def delete_adapter(self, tenant: str, adapter: str) -> None:
+        with self._session.begin() as s:
+            seq = self._bump(s)
+            row = self._adapter(s, tenant, adapter)
+            s.execute(delete(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter))
+            row.deleted, row.active_version, row.history, row.seq = True, None, [], seq
+
+    # -- reads -----------------------------------------------------------------------
+
+    def tenant_exists(self, tenant: str) -> bool:
+        with self._session() as s:
+            return s.get(TenantRow, tenant) is not None
+
+    def list_adapters(self, tenant: str) -> list[AdapterInfo]:
+        with self._session() as s:
+            self._tenant(s, tenant)
+            rows = s.scalars(
+                select(AdapterRow).where(AdapterRow.tenant_id == tenant, AdapterRow.deleted.is_(False)).order_by(AdapterRow.name)
+            ).all()
+            counts = dict(
+                s.execute(
+                    select(VersionRow.adapter, func.count())
+                    .where(VersionRow.tenant_id == tenant)
+                    .group_by(VersionRow.adapter)
+                ).all()
+            )
+            return [AdapterInfo(tenant, r.name, r.backbone, r.active_version, counts.get(r.name, 0)) for r in rows]
+
+    def list_versions(self, tenant: str, adapter: str) -> list[VersionInfo]:
+        with self._session() as s:
+            row = self._adapter(s, tenant, adapter)
+            versions = s.execute(
+                select(VersionRow.version, VersionRow.config, VersionRow.created_at)
+                .where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter)
+                .order_by(VersionRow.version)
+            ).all()
+            return [
+                VersionInfo(v, _utc(created).isoformat(), v == row.active_version, AdapterConfig.from_json(cfg))
+                for v, cfg, created in versions
+            ]
+
+    def active(self, tenant: str, adapter: str) -> tuple[StoredVersion, list[int]]:
+        """The active version's bytes and the earlier active versions (most recent last)."""
+        with self._session() as s:
+            row = self._adapter(s, tenant, adapter)
+            if row.active_version is None:
+                raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no active version")
+            return self._stored(s, tenant, adapter, row.active_version), list(row.history)
+
+    def get_version(self, tenant: str, adapter: str, version: int) -> StoredVersion:
+        with self._session() as s:
+            return self._stored(s, tenant, adapter, version)
+
+    def watermark(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
+
+    def changes_since(self, seq: int) -> list[Change]:
+        with self._session() as s:
+            rows = s.execute(
+                select(AdapterRow.tenant_id, AdapterRow.name, AdapterRow.active_version, AdapterRow.deleted, AdapterRow.seq)
+                .where(AdapterRow.seq > seq)
+                .order_by(AdapterRow.seq)
+            ).all()
+            return [Change(t, a, None if deleted else v, q) for t, a, v, deleted, q in rows]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    @staticmethod
+    def _bump(s: Session) -> int:
+        """Take the writers' lock (the sequence row) and return the new sequence number."""
+        s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))
+        return int(s.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
+
+    @staticmethod
+    def _tenant(s: Session, tenant: str) -> TenantRow:
+        row = s.get(TenantRow, tenant)
+        if row is None:
+            raise NotFoundError(f"unknown tenant {tenant!r}")
+        return row
+
+    def _adapter(self, s: Session, tenant: str, adapter: str) -> AdapterRow:
+        self._tenant(s, tenant)
+        row = s.get(AdapterRow, (tenant, adapter))
+        if row is None or row.deleted:
+            raise NotFoundError(f"tenant {tenant!r} has no adapter {adapter!r}")
+        return row
+
+    @staticmethod
+    def _activate(row: AdapterRow, version: int, seq: int) -> None:
+        if row.active_version is not None:
+            row.history = [*row.history, row.active_version]
+        row.active_version = version
+        row.seq = seq
+
+    @staticmethod
+    def _version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
+        return VersionRow(
+            tenant_id=tenant, adapter=adapter, version=version,
+            config=config.to_json().decode(), weights=weights, sha256=config.weights_sha256,
+        )
+
+    def _stored(self, s: Session, tenant: str, adapter: str, version: int) -> StoredVersion:
+        self._adapter(s, tenant, adapter)
+        row = s.get(VersionRow, (tenant, adapter, version))
+        if row is None:
+            raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
+        return StoredVersion(tenant, adapter, version, row.config.encode(), bytes(row.weights))
