@@ -88,6 +88,7 @@ class AdapterCache:
         """The active version of (tenant, adapter), safe from eviction until the block ends."""
         entry = await self._get((tenant, adapter))
         entry.leases += 1
+        self._evict()  # only now: the new entry is leased, so it cannot be the victim
         try:
             yield entry.adapter
         finally:
@@ -170,7 +171,6 @@ class AdapterCache:
         entry = _Entry(adapter)
         self._entries[key] = entry
         self._bytes += adapter.nbytes
-        self._evict()
         return entry
 
     def _drop(self, key: Key) -> None:
@@ -250,4 +250,5 @@ class AdapterCache:
             self._drop(key)  # deleted since the change was read
             return
         self._put(key, adapter)
+        self._evict()
         log.info("adapter %s/%s now serves v%d", *key, version)

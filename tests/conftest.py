@@ -53,3 +53,53 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+POSTGRES_ADMIN_URL = os.environ.get("GRAFT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_expected() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("GRAFT_REQUIRE_POSTGRES"))
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A fresh PostgreSQL database for this session, dropped at the end.
+
+    Where PostgreSQL is expected (CI=true, or GRAFT_REQUIRE_POSTGRES) and unreachable, the
+    tests fail instead of skipping.
+    """
+    import uuid
+
+    import psycopg
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        message = f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL}: {e}"
+        if _postgres_expected():
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"graft_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    """Each registry test runs on SQLite and on PostgreSQL, each time on an empty schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/registry.db"
+        return
+    url = request.getfixturevalue("postgres_database")
+    from sqlalchemy import create_engine, text
+
+    from adapters.registry import normalise_url
+
+    engine = create_engine(normalise_url(url))
+    with engine.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    yield url

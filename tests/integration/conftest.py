@@ -7,9 +7,11 @@ from tests.integration.server import Server
 
 @pytest.fixture(scope="session")
 def server(graft_home, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
     srv = Server(
         graft_home,
-        tmp_path_factory.mktemp("logs") / "server.log",
+        tmp / "server.log",
+        GRAFT_DATABASE_URL=f"sqlite:///{tmp}/registry.db",
         GRAFT_MAX_BATCH_ITEMS="64",
         GRAFT_MAX_TEXT_CHARS="5000",
     ).start()

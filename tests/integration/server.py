@@ -32,6 +32,7 @@ class Server:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.database_url = self.env.get("GRAFT_DATABASE_URL", "")
 
     def start(self, timeout: float = 300) -> "Server":
         bentoml = Path(sys.executable).with_name("bentoml")

@@ -1,0 +1,22 @@
+"""Small helpers for tests that talk to a running server."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+
+from adapters import zero_shot
+from adapters.format import encode
+from adapters.registry import Registry
+
+
+def add_zero_shot_version(client: httpx.Client, registry_url: str, tenant: str, adapter: str,
+                          labels: list[str], texts: list[str], *, activate: bool = False) -> int:
+    """Register a new version the way a training worker would: real embeddings, new head."""
+    vectors = np.array(client.post("/v1/embed", json={"inputs": texts}).json()["embeddings"], dtype=np.float32)
+    ready = client.get("/readyz").json()["backbones"][0]
+    config, tensors = zero_shot.build(ready["id"], ready["fingerprint"], labels, vectors)
+    registry = Registry(registry_url, migrate=False)
+    try:
+        return registry.add_version(tenant, adapter, *encode(config, tensors), activate=activate)
+    finally:
+        registry.close()

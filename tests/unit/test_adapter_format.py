@@ -1,0 +1,106 @@
+"""Adapter format: round trip, and every mismatch refused with a clear error."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters import zero_shot
+from adapters.format import AdapterConfig, AdapterFormatError, decode, encode, read_dir, write_dir
+
+FP = "f" * 32
+
+
+def linear(dim: int = 8, labels=("a", "b", "c")) -> tuple[AdapterConfig, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    config = AdapterConfig(backbone="minilm-l6", fingerprint=FP, dim=dim, head="linear", labels=list(labels),
+                           metrics={"macro_f1": 0.9}, training={"method": "test"}, parent_version=3)
+    return config, {"weight": rng.normal(size=(len(labels), dim)).astype(np.float32),
+                    "bias": rng.normal(size=len(labels)).astype(np.float32)}
+
+
+def test_round_trip_through_disk(tmp_path):
+    config, tensors = linear()
+    sealed, weights = encode(config, tensors)
+    assert len(sealed.weights_sha256) == 64
+    write_dir(tmp_path / "v1", sealed, weights)
+    assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == ["config.json", "head.safetensors"]
+    adapter = decode(*read_dir(tmp_path / "v1"), fingerprint=FP, dim=8, version=1)
+    assert adapter.config == sealed and adapter.version == 1
+    x = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    expected = x @ tensors["weight"].T + tensors["bias"]
+    probs = adapter.predict_proba(x)
+    assert np.allclose(probs.sum(1), 1) and (probs.argmax(1) == expected.argmax(1)).all()
+
+
+def test_mlp_head_round_trip():
+    rng = np.random.default_rng(2)
+    config = AdapterConfig(backbone="minilm-l6", fingerprint=FP, dim=8, head="mlp", labels=["x", "y"])
+    tensors = {"w1": rng.normal(size=(16, 8)), "b1": rng.normal(size=16), "w2": rng.normal(size=(2, 16)), "b2": np.zeros(2)}
+    sealed, weights = encode(config, tensors)
+    adapter = decode(sealed.to_json(), weights, fingerprint=FP, dim=8)
+    assert adapter.predict_proba(np.ones((3, 8), dtype=np.float32)).shape == (3, 2)
+
+
+def test_weights_are_safetensors_not_pickle():
+    sealed, weights = encode(*linear())
+    header_len = int.from_bytes(weights[:8], "little")
+    assert weights[8:9] == b"{" and b"weight" in weights[8 : 8 + header_len]
+
+
+def test_checksum_mismatch_refused():
+    sealed, weights = encode(*linear())
+    tampered = bytearray(weights)
+    tampered[-1] ^= 0xFF
+    with pytest.raises(AdapterFormatError, match="checksum"):
+        decode(sealed.to_json(), bytes(tampered), fingerprint=FP, dim=8)
+
+
+def test_fingerprint_mismatch_refused():
+    sealed, weights = encode(*linear())
+    with pytest.raises(AdapterFormatError, match="fingerprint"):
+        decode(sealed.to_json(), weights, fingerprint="0" * 32, dim=8)
+
+
+def test_dim_mismatch_refused():
+    sealed, weights = encode(*linear())
+    with pytest.raises(AdapterFormatError, match="8-d"):
+        decode(sealed.to_json(), weights, fingerprint=FP, dim=384)
+
+
+def test_wrong_shapes_refused_with_the_fix():
+    config, tensors = linear()
+    tensors["weight"] = tensors["weight"][:2]
+    with pytest.raises(AdapterFormatError, match="expected"):
+        encode(config, tensors)
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{}", b'{"backbone": 1}'])
+def test_broken_config_refused(raw):
+    with pytest.raises(AdapterFormatError):
+        decode(raw, b"", fingerprint=FP, dim=8)
+
+
+def test_zero_shot_head_picks_the_nearest_label():
+    labels = ["refund", "shipping"]
+    vectors = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
+    config, tensors = zero_shot.build("bb", FP, labels, vectors)
+    sealed, weights = encode(config, tensors)
+    adapter = decode(sealed.to_json(), weights, fingerprint=FP, dim=3)
+    probs = adapter.predict_proba(np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1]], dtype=np.float32))
+    assert probs.argmax(1).tolist() == [0, 1] and probs.max() > 0.9
+
+
+@pytest.mark.parametrize(
+    "labels,descriptions,needle",
+    [
+        ([], None, "at least 2"),
+        (["only"], None, "at least 2"),
+        (["a", "a"], None, "twice"),
+        (["a", " "], None, "empty"),
+        (["a", "b"], {"c": "x"}, "not one of the labels"),
+        (["a", "b"], {"a": ""}, "empty"),
+    ],
+)
+def test_bad_label_sets_refused(labels, descriptions, needle):
+    with pytest.raises(zero_shot.LabelError, match=needle):
+        zero_shot.check_labels(labels, descriptions)
