@@ -52,6 +52,10 @@ class TextBackbone(Backbone):
         self._runner = runner
         self.provider = runner.provider
         self.precision = runner.precision
+        # On CPU, throughput per sentence falls as batches grow (padding, attention cost), so
+        # a length-sorted batch runs as near-equal-length slices of a few rows; GPUs want
+        # big batches (docs/BENCHMARKS.md).
+        self.max_rows = 8 if self.provider == "CPUExecutionProvider" else 256
         self.dim = int(self.embed(["dimension probe"]).vectors.shape[1])
 
     def check_item(self, item: Any) -> str | None:
@@ -66,7 +70,7 @@ class TextBackbone(Backbone):
         lengths = mask.sum(1)
         chunks = []
         start = 0
-        for stop in _split_by_padding(lengths):
+        for stop in _split_by_padding(lengths, self.max_rows):
             width = int(lengths[stop - 1])
             chunks.append(self._runner.run(ids[start:stop, :width], mask[start:stop, :width]))
             start = stop
@@ -78,11 +82,14 @@ class TextBackbone(Backbone):
         return EmbedResult(vectors=out, truncated=flags)
 
 
-def _split_by_padding(sorted_lengths: np.ndarray, waste: float = 0.5, min_rows: int = 8) -> list[int]:
+def _split_by_padding(
+    sorted_lengths: np.ndarray, max_rows: int = 256, waste: float = 0.5, min_rows: int = 8
+) -> list[int]:
     """End indices of sub-batches of a length-sorted batch.
 
-    A new sub-batch starts when padding the rows so far to the next length would waste
-    more than `waste` of the tokens; tiny sub-batches are not worth an extra ORT call.
+    A new sub-batch starts at `max_rows` rows, or when padding the rows so far to the next
+    length would waste more than `waste` of the tokens (tiny sub-batches are not worth an
+    extra ORT call).
     """
     ends: list[int] = []
     start = 0
@@ -91,7 +98,7 @@ def _split_by_padding(sorted_lengths: np.ndarray, waste: float = 0.5, min_rows: 
         rows = i - start
         real = int(sorted_lengths[start:i].sum()) + int(sorted_lengths[i])
         padded = (rows + 1) * int(sorted_lengths[i])
-        if rows >= min_rows and 1 - real / padded > waste:
+        if rows >= max_rows or (rows >= min_rows and 1 - real / padded > waste):
             ends.append(i)
             start = i
     ends.append(n)

@@ -19,13 +19,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.engine import Engine
-from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, translate
+from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, PayloadTooLarge, translate
 from service.schemas import (
     NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
-    EmbedRequest, EmbedResponse, ErrorResponse, PredictRequest, PredictResponse, PromoteRequest, TenantRequest,
+    EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
+    PredictRequest, PredictResponse, PromoteRequest, TenantRequest,
     TenantResponse, VersionDetail, VersionList,
 )
 from service.settings import get_settings
+from service.uploads import parse_csv, parse_jsonl
+from service.worker import WorkerPool
 
 log = logging.getLogger("graft")
 
@@ -46,7 +49,9 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _error(err: GraftError) -> Response:
-    return _json(err.to_dict(), err.status)
+    response = _json(err.to_dict(), err.status)
+    response.headers.update(err.headers)
+    return response
 
 
 @app.exception_handler(GraftError)
@@ -82,6 +87,46 @@ async def parse(model: type[M], request: Request) -> M:
     """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type)."""
     try:
         return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise _invalid(list(e.errors(include_url=False))) from e
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it passes `limit` bytes (whatever Content-Length claims)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit} (GRAFT_MAX_UPLOAD_MB)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body passes the limit of {limit} bytes (GRAFT_MAX_UPLOAD_MB)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's form parser reads the cached body from here
+    return body
+
+
+async def finetune_request(request: Request) -> FinetuneRequest:
+    """Inline JSON, or multipart with form fields and a JSONL or CSV `file`."""
+    body = await read_limited(request, int(settings.max_upload_mb * 1024 * 1024))
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            return FinetuneRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise _invalid(list(e.errors(include_url=False))) from e
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput("a multipart fine-tune request needs a file field `file` (JSONL or CSV)")
+    data = await upload.read()
+    name = (upload.filename or "").lower()
+    examples = parse_csv(data) if name.endswith(".csv") or "csv" in (upload.content_type or "") else parse_jsonl(data)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+    try:
+        if "params" in fields:
+            fields["params"] = FinetuneParams.model_validate_json(fields["params"])
+        return FinetuneRequest.model_validate({**fields, "examples": examples}, strict=False)
     except ValidationError as e:
         raise _invalid(list(e.errors(include_url=False))) from e
 
@@ -139,13 +184,17 @@ class Graft:
     def __init__(self) -> None:
         _route_logs_through_bentoml()
         self.engine = Engine(settings)
+        self.workers = WorkerPool(settings)
 
     @bentoml.on_startup
     async def _load_backbones(self) -> None:
         self.engine.start()
+        if bentoml.server_context.worker_index in (None, 1):  # one pool, whatever GRAFT_WORKERS is
+            self.workers.start()
 
     @bentoml.on_shutdown
     async def _close(self) -> None:
+        await self.workers.stop()
         await self.engine.close()
 
     def __is_ready__(self) -> bool:
@@ -230,6 +279,65 @@ class Graft:
     async def delete_adapter(self, tenant: str = TenantPath, adapter: str = AdapterPath) -> Deleted:
         await self.engine.delete_adapter(tenant, adapter)
         return Deleted(tenant=tenant, adapter=adapter, deleted=True)
+
+
+FINETUNE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": FinetuneRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["tenant", "file"],
+                "properties": {
+                    "tenant": {"type": "string", "pattern": NAME_PATTERN},
+                    "adapter": {"type": "string", "pattern": NAME_PATTERN},
+                    "backbone": {"type": "string"},
+                    "params": {"type": "string", "description": "FinetuneParams as JSON"},
+                    "file": {"type": "string", "format": "binary",
+                             "description": "JSONL lines {\"text\", \"label\"}, or CSV with columns text,label"},
+                },
+            }},
+        },
+    }
+}
+
+
+def _job_response(job: Any, status: int = 200) -> Response:
+    return _json(job.public(), status)
+
+
+@app.post("/v1/finetune", status_code=202, response_model=JobStatus, openapi_extra=FINETUNE_BODY,
+          responses={**ERRORS, 429: {"model": ErrorResponse}})
+async def finetune(request: Request) -> Response:
+    """Queue a fine-tune job: a head trained on the frozen backbone, evaluated, promoted if better."""
+    body = await finetune_request(request)
+    engine: Engine = bentoml.get_current_service().engine
+    params = (body.params or FinetuneParams()).model_dump()
+    job = await engine.finetune(body.tenant, body.adapter, body.backbone, body.examples, params)
+    return _job_response(job, 202)
+
+
+@app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+async def get_job(job_id: str) -> Response:
+    return _job_response(await bentoml.get_current_service().engine.job(job_id))
+
+
+@app.get("/v1/jobs/{job_id}/events", response_model=JobEvents, responses=ERRORS)
+async def job_events(job_id: str) -> Response:
+    events = await bentoml.get_current_service().engine.job_events(job_id)
+    return _json({"job_id": job_id, "events": events})
+
+
+@app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=ERRORS)
+async def cancel_job(job_id: str) -> Response:
+    return _job_response(await bentoml.get_current_service().engine.cancel_job(job_id))
+
+
+@app.get("/v1/tenants/{tenant}/jobs", response_model=JobList, responses=ERRORS)
+async def list_jobs(tenant: str = TenantPath) -> Response:
+    jobs = await bentoml.get_current_service().engine.list_jobs(tenant)
+    return _json({"tenant": tenant, "jobs": [j.public() for j in jobs]})
 
 
 Graft.add_asgi_middleware(ReadyzMiddleware)

@@ -17,6 +17,7 @@ from adapters import format as adapter_format
 from adapters import zero_shot
 from adapters.cache import AdapterCache, BackboneRef
 from adapters.format import Adapter
+from adapters.jobs import Job, JobQueue
 from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
 from models import Backbone, load_backbone
 from models.catalog import catalog_ids
@@ -24,6 +25,7 @@ from service import metrics
 from service.batching import MicroBatcher
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from service.settings import Settings
+from service.uploads import check_examples
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class Engine:
             poll_interval_s=settings.registry_poll_ms / 1000,
             events=metrics.cache_events(),
         )
+        self.jobs = JobQueue(self.registry, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -263,3 +266,29 @@ class Engine:
     async def delete_adapter(self, tenant: str, adapter: str) -> None:
         await asyncio.to_thread(self.registry.delete_adapter, tenant, adapter)
         await self.cache.refresh()
+
+    # -- fine-tuning -----------------------------------------------------------------
+
+    async def finetune(self, tenant: str, adapter: str, backbone: str | None,
+                       examples: list[Any], params: dict[str, Any]) -> Job:
+        """Validate and queue a job; a worker process trains it (202 with the job id)."""
+        if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
+            raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
+        model = self.backbone(backbone)
+        clean = check_examples(examples, max_examples=self.settings.max_train_examples,
+                               max_chars=self.settings.max_text_chars)
+        return await asyncio.to_thread(
+            self.jobs.submit, tenant, adapter, model.id, clean, params, max_queued=self.settings.max_queued_jobs
+        )
+
+    async def job(self, job_id: str) -> Job:
+        return await asyncio.to_thread(self.jobs.get, job_id)
+
+    async def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.jobs.events, job_id)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return await asyncio.to_thread(self.jobs.cancel, job_id)
+
+    async def list_jobs(self, tenant: str) -> list[Job]:
+        return await asyncio.to_thread(self.jobs.list, tenant)

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from adapters.cache import BackboneNotLoaded
 from adapters.format import AdapterFormatError
+from adapters.jobs import QueueFull
 from adapters.registry import ConflictError, NotFoundError
 from adapters.zero_shot import LabelError
 
@@ -15,10 +16,11 @@ class GraftError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, details: Any = None) -> None:
+    def __init__(self, message: str, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers = headers or {}
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -58,6 +60,7 @@ class Unavailable(GraftError):
 
 # The one place where errors raised by adapters/ become client-facing errors.
 _DOMAIN: list[tuple[type[Exception], Callable[[Exception], GraftError]]] = [
+    (QueueFull, lambda e: RateLimited(f"the fine-tune queue is full: {e}", headers={"Retry-After": "30"})),
     (NotFoundError, lambda e: NotFound(str(e))),
     (ConflictError, lambda e: Conflict(str(e))),
     (BackboneNotLoaded, lambda e: Conflict(str(e))),

@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP contract (pydantic at the edge)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -122,6 +122,62 @@ class Deleted(BaseModel):
     tenant: str
     adapter: str
     deleted: bool
+
+
+class FinetuneParams(_Strict):
+    """Optional hyperparameters; the defaults work with examples alone."""
+
+    head: Literal["linear", "mlp"] = "linear"
+    hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
+    epochs: int = Field(100, ge=1, le=1000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(1e-2, gt=0, le=1)
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    warmup_fraction: float = Field(0.1, ge=0, le=0.5)
+    patience: int = Field(15, ge=1, le=1000, description="epochs without a better validation macro-F1")
+    val_fraction: float = Field(0.2, gt=0, lt=0.9)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    continual: bool = Field(False, description="start from the active version's head (labels may grow)")
+
+
+class FinetuneRequest(_Strict):
+    tenant: Name
+    adapter: Name = "default"
+    backbone: str | None = None
+    examples: list[Any] = Field(description='[{"text": ..., "label": ...}, ...]')
+    params: FinetuneParams | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    tenant: str
+    adapter: str
+    backbone: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float
+    metrics: dict[str, Any] | None
+    version: int | None
+    promoted: bool
+    error: JobError | None
+    attempts: int
+    created_at: str
+    finished_at: str | None
+
+
+class JobList(BaseModel):
+    tenant: str
+    jobs: list[JobStatus]
+
+
+class JobEvents(BaseModel):
+    job_id: str
+    events: list[dict[str, Any]]
 
 
 class ErrorBody(BaseModel):

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     cache_max_mb: int = Field(256, ge=1, description="resident adapter weights per process (LRU beyond)")
     registry_poll_ms: int = Field(500, ge=50, description="how often replicas look for registry changes")
 
+    train_workers: int = Field(1, ge=0, description="fine-tune worker processes started beside the service")
+    train_threads: int = Field(1, ge=1, description="CPU threads per fine-tune worker")
+    train_nice: int = Field(10, ge=0, le=19, description="CPU priority offset of fine-tune workers")
+    max_train_examples: int = Field(50_000, ge=2)
+    max_queued_jobs: int = Field(100, ge=1, description="beyond this, POST /v1/finetune answers 429")
+    max_upload_mb: float = Field(20.0, gt=0, description="request body limit of POST /v1/finetune")
+    job_lease_s: float = Field(30.0, gt=0, description="a worker silent this long loses its job")
+    job_max_attempts: int = Field(2, ge=1)
+    job_poll_ms: int = Field(500, ge=10)
+    promote_margin: float = Field(0.01, ge=0, description="macro-F1 a new version must gain to be promoted")
+
     max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
     max_text_chars: int = Field(20_000, ge=1)
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")

@@ -14,6 +14,9 @@ def server(graft_home, tmp_path_factory):
         GRAFT_DATABASE_URL=f"sqlite:///{tmp}/registry.db",
         GRAFT_MAX_BATCH_ITEMS="64",
         GRAFT_MAX_TEXT_CHARS="5000",
+        GRAFT_MAX_QUEUED_JOBS="5",
+        GRAFT_MAX_UPLOAD_MB="1",
+        GRAFT_JOB_POLL_MS="100",
     ).start()
     yield srv
     srv.stop()

@@ -48,3 +48,7 @@ def test_check_item_names_the_problem(backbone):
 )
 def test_split_by_padding(lengths, expected):
     assert _split_by_padding(np.array(lengths)) == expected
+
+
+def test_split_caps_rows():
+    assert _split_by_padding(np.array([5] * 20), max_rows=8) == [8, 16, 20]

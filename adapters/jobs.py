@@ -1,0 +1,339 @@
+"""Durable fine-tune jobs in the registry database: a queue that survives restarts.
+
+Workers claim jobs with a lease (`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL, the
+same compare-and-set UPDATE on SQLite), renew it while they work, and publish the trained
+version and the job's success in one transaction that first checks they still hold the
+lease. A worker that dies stops renewing; once its lease expires the job is retried, or
+failed after its last attempt, so no job stays "running" forever and no job publishes
+twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text, func, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from adapters.format import AdapterConfig
+from adapters.registry import AdapterRow, Base, ConflictError, NotFoundError, Registry, _utc
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(63), index=True)
+    adapter: Mapped[str] = mapped_column(String(63))
+    backbone: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    examples: Mapped[list[Any]] = mapped_column(JSON)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    promoted: Mapped[bool] = mapped_column(default=False)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class JobEventRow(Base):
+    __tablename__ = "job_events"
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class EmbeddingRow(Base):
+    """Embedding cache: retraining on the same texts skips the backbone."""
+
+    __tablename__ = "embedding_cache"
+    fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
+    text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    tenant: str
+    adapter: str
+    backbone: str
+    status: str
+    params: dict[str, Any]
+    progress: float
+    metrics: dict[str, Any] | None
+    version: int | None
+    promoted: bool
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    created_at: str
+    finished_at: str | None
+
+    def public(self) -> dict[str, Any]:
+        error = {"code": self.error_code, "message": self.error_message} if self.error_code else None
+        return {
+            "job_id": self.id, "tenant": self.tenant, "adapter": self.adapter, "backbone": self.backbone,
+            "status": self.status, "progress": round(self.progress, 4), "metrics": self.metrics,
+            "version": self.version, "promoted": self.promoted, "error": error, "attempts": self.attempts,
+            "created_at": self.created_at, "finished_at": self.finished_at,
+        }
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job: Job
+    examples: list[dict[str, str]]
+    owner: str
+
+
+class LeaseLost(RuntimeError):
+    """This worker no longer holds the job (its lease expired and it was retried or failed)."""
+
+
+def _job(row: JobRow) -> Job:
+    return Job(
+        row.id, row.tenant_id, row.adapter, row.backbone, row.status, row.params, row.progress, row.metrics,
+        row.version, row.promoted, row.error_code, row.error_message, row.attempts,
+        _utc(row.created_at).isoformat(), _utc(row.finished_at).isoformat() if row.finished_at else None,
+    )
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class JobQueue:
+    def __init__(self, registry: Registry, *, lease_s: float = 30.0, max_attempts: int = 2) -> None:
+        self.registry = registry
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self._session = registry._session
+
+    # -- API side ----------------------------------------------------------------------
+
+    def submit(self, tenant: str, adapter: str, backbone: str, examples: list[dict[str, str]],
+               params: dict[str, Any], *, max_queued: int) -> Job:
+        with self._session.begin() as s:
+            Registry._tenant(s, tenant)
+            queued = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued"))
+            if queued >= max_queued:
+                raise QueueFull(f"{queued} jobs are waiting; retry later")
+            row = JobRow(id=str(uuid.uuid4()), tenant_id=tenant, adapter=adapter, backbone=backbone, status="queued",
+                         params=params, examples=examples, progress=0.0, attempts=0, cancel_requested=False,
+                         promoted=False)
+            s.add(row)
+            s.flush()
+            self._event(s, row.id, "queued", {"examples": len(examples)})
+            return _job(row)
+
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        with self._session() as s:
+            return _job(self._row(s, job_id, tenant))
+
+    def list(self, tenant: str, limit: int = 100) -> list[Job]:
+        with self._session() as s:
+            Registry._tenant(s, tenant)
+            rows = s.scalars(select(JobRow).where(JobRow.tenant_id == tenant)
+                             .order_by(JobRow.created_at.desc()).limit(limit)).all()
+            return [_job(r) for r in rows]
+
+    def events(self, job_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
+        with self._session() as s:
+            self._row(s, job_id, tenant)
+            rows = s.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.n)).all()
+            return [{"n": r.n, "at": _utc(r.at).isoformat(), "kind": r.kind, **r.data} for r in rows]
+
+    def cancel(self, job_id: str, tenant: str | None = None) -> Job:
+        """A queued job is cancelled at once; a running one at its worker's next check."""
+        with self._session.begin() as s:
+            row = self._row(s, job_id, tenant, lock=True)
+            if row.status == "queued":
+                row.status, row.finished_at = "cancelled", _now()
+                self._event(s, job_id, "cancelled", {"by": "request"})
+            elif row.status == "running":
+                row.cancel_requested = True
+                self._event(s, job_id, "cancel_requested", {})
+            return _job(row)
+
+    def queued(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued")))
+
+    # -- worker side -------------------------------------------------------------------
+
+    def claim(self, owner: str) -> Claimed | None:
+        """Take the oldest claimable job: queued, or running with an expired lease."""
+        self.expire()
+        with self._session.begin() as s:
+            candidate = (
+                select(JobRow.id)
+                .where(JobRow.status == "queued")
+                .order_by(JobRow.created_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            job_id = s.scalar(candidate)
+            if job_id is None:
+                return None
+            now = _now()
+            claimed = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == "queued")
+                .values(status="running", lease_owner=owner, lease_expires_at=now + timedelta(seconds=self.lease_s),
+                        attempts=JobRow.attempts + 1, started_at=now)
+            ).rowcount
+            if claimed != 1:
+                return None  # someone else took it between our read and our write
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            s.refresh(row)
+            self._event(s, job_id, "started", {"worker": owner, "attempt": row.attempts})
+            return Claimed(_job(row), list(row.examples), owner)
+
+    def expire(self) -> None:
+        """Jobs whose worker stopped renewing: retried, or failed after the last attempt."""
+        with self._session.begin() as s:
+            rows = s.scalars(
+                select(JobRow).where(JobRow.status == "running", JobRow.lease_expires_at < _now())
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                lost = {"worker": row.lease_owner, "attempt": row.attempts}
+                if row.cancel_requested:
+                    row.status, row.finished_at = "cancelled", _now()
+                    self._event(s, row.id, "cancelled", lost)
+                elif row.attempts >= self.max_attempts:
+                    row.status, row.finished_at = "failed", _now()
+                    row.error_code = "worker_lost"
+                    row.error_message = f"the worker stopped during attempt {row.attempts} of {self.max_attempts}"
+                    self._event(s, row.id, "failed", {**lost, "reason": "worker_lost"})
+                else:
+                    row.status, row.progress = "queued", 0.0
+                    self._event(s, row.id, "requeued", {**lost, "reason": "worker_lost"})
+                row.lease_owner, row.lease_expires_at = None, None
+
+    def heartbeat(self, claim: Claimed, progress: float | None = None) -> bool:
+        """Renew the lease; returns whether cancellation was requested. LeaseLost if not ours."""
+        with self._session.begin() as s:
+            row = self._owned(s, claim)
+            row.lease_expires_at = _now() + timedelta(seconds=self.lease_s)
+            if progress is not None:
+                row.progress = progress
+            return row.cancel_requested
+
+    def event(self, claim: Claimed, kind: str, data: dict[str, Any]) -> None:
+        with self._session.begin() as s:
+            self._owned(s, claim)
+            self._event(s, claim.job.id, kind, data)
+
+    def finish(self, claim: Claimed, status: str, *, error_code: str | None = None,
+               error_message: str | None = None) -> None:
+        with self._session.begin() as s:
+            row = self._owned(s, claim)
+            row.status, row.finished_at = status, _now()
+            row.error_code, row.error_message = error_code, error_message
+            row.lease_owner, row.lease_expires_at = None, None
+            self._event(s, row.id, status, {"error": error_code} if error_code else {})
+
+    def publish(self, claim: Claimed, config: AdapterConfig, weights: bytes, *, promote: bool,
+                metrics: dict[str, Any], decision: dict[str, Any]) -> int:
+        """Register the version, promote it (or not) and succeed the job: all or nothing."""
+        with self._session.begin() as s:
+            seq = Registry._bump(s)
+            row = self._owned(s, claim)
+            tenant, name = row.tenant_id, row.adapter
+            Registry._tenant(s, tenant)
+            adapter = s.get(AdapterRow, (tenant, name))
+            if adapter is None:
+                adapter = AdapterRow(tenant_id=tenant, name=name, backbone=config.backbone, next_version=1,
+                                     seq=seq, history=[], deleted=False)
+                s.add(adapter)
+            elif adapter.deleted:
+                adapter.deleted, adapter.history, adapter.active_version = False, [], None
+            version = adapter.next_version
+            adapter.next_version = version + 1
+            adapter.backbone = config.backbone
+            s.add(Registry._version_row(tenant, name, version, config, weights))
+            if promote or adapter.active_version is None:
+                Registry._activate(adapter, version, seq)
+                row.promoted = True
+            row.version, row.metrics, row.progress = version, metrics, 1.0
+            row.status, row.finished_at, row.lease_owner, row.lease_expires_at = "succeeded", _now(), None, None
+            self._event(s, row.id, "promotion", {**decision, "version": version, "promoted": row.promoted})
+            self._event(s, row.id, "succeeded", {"version": version})
+            return version
+
+    # -- embedding cache ------------------------------------------------------------------
+
+    def cached_embeddings(self, fingerprint: str, texts: list[str]) -> dict[str, bytes]:
+        keys = {text_key(t): t for t in texts}
+        found: dict[str, bytes] = {}
+        with self._session() as s:
+            items = list(keys)
+            for i in range(0, len(items), 500):
+                rows = s.execute(select(EmbeddingRow.text_sha256, EmbeddingRow.vector).where(
+                    EmbeddingRow.fingerprint == fingerprint, EmbeddingRow.text_sha256.in_(items[i : i + 500]))).all()
+                found.update({keys[k]: bytes(v) for k, v in rows})
+        return found
+
+    def store_embeddings(self, fingerprint: str, vectors: dict[str, bytes]) -> None:
+        """Insert, leaving rows another worker wrote meanwhile (same text, same vector)."""
+        if not vectors:
+            return
+        with self._session.begin() as s:
+            if s.bind.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            rows = [{"fingerprint": fingerprint, "text_sha256": text_key(t), "vector": v} for t, v in vectors.items()]
+            s.execute(insert(EmbeddingRow).values(rows).on_conflict_do_nothing())
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(s: Session, job_id: str, tenant: str | None, lock: bool = False) -> JobRow:
+        query = select(JobRow).where(JobRow.id == job_id)
+        if lock:
+            query = query.with_for_update()
+        row = s.scalar(query)
+        if row is None or (tenant is not None and row.tenant_id != tenant):
+            raise NotFoundError(f"no job {job_id!r}")
+        return row
+
+    @staticmethod
+    def _owned(s: Session, claim: Claimed) -> JobRow:
+        row = s.scalar(select(JobRow).where(JobRow.id == claim.job.id).with_for_update())
+        if row is None or row.status != "running" or row.lease_owner != claim.owner:
+            raise LeaseLost(f"job {claim.job.id} is no longer held by {claim.owner}")
+        return row
+
+    @staticmethod
+    def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        last = s.scalar(select(func.max(JobEventRow.n)).where(JobEventRow.job_id == job_id))
+        s.add(JobEventRow(job_id=job_id, n=(last or 0) + 1, kind=kind, data=data))
+
+
+class QueueFull(ConflictError):
+    """Too many jobs waiting: the client should retry later (429 with Retry-After)."""
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
