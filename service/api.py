@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.engine import Engine
-from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, PayloadTooLarge, translate
+from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, PayloadTooLarge, from_validation, translate
 from service.schemas import (
     NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
     EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
@@ -28,6 +28,7 @@ from service.schemas import (
 )
 from service.settings import get_settings
 from service.uploads import parse_csv, parse_jsonl
+from service.grpc_server import GrpcServer
 from service.worker import WorkerPool
 
 log = logging.getLogger("graft")
@@ -66,18 +67,9 @@ TenantPath = Path(pattern=NAME_PATTERN, description="tenant id")
 AdapterPath = Path(pattern=NAME_PATTERN, description="adapter name")
 
 
-def _invalid(errors: list[Any]) -> InvalidInput:
-    problems = [
-        {"where": ".".join(str(p) for p in e.get("loc", ())) or "body", "problem": e.get("msg", "")}
-        for e in errors
-    ]
-    first = problems[0] if problems else {"where": "body", "problem": "invalid request"}
-    return InvalidInput(f"{first['where']}: {first['problem']}", problems)
-
-
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, err: RequestValidationError) -> Response:
-    return _error(_invalid(list(err.errors())))
+    return _error(from_validation(list(err.errors())))
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -88,7 +80,7 @@ async def parse(model: type[M], request: Request) -> M:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as e:
-        raise _invalid(list(e.errors(include_url=False))) from e
+        raise from_validation(list(e.errors(include_url=False))) from e
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -114,7 +106,7 @@ async def finetune_request(request: Request) -> FinetuneRequest:
         try:
             return FinetuneRequest.model_validate_json(body)
         except ValidationError as e:
-            raise _invalid(list(e.errors(include_url=False))) from e
+            raise from_validation(list(e.errors(include_url=False))) from e
     form = await request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
@@ -128,7 +120,7 @@ async def finetune_request(request: Request) -> FinetuneRequest:
             fields["params"] = FinetuneParams.model_validate_json(fields["params"])
         return FinetuneRequest.model_validate({**fields, "examples": examples}, strict=False)
     except ValidationError as e:
-        raise _invalid(list(e.errors(include_url=False))) from e
+        raise from_validation(list(e.errors(include_url=False))) from e
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -185,15 +177,21 @@ class Graft:
         _route_logs_through_bentoml()
         self.engine = Engine(settings)
         self.workers = WorkerPool(settings)
+        self.grpc: GrpcServer | None = None
 
     @bentoml.on_startup
-    async def _load_backbones(self) -> None:
+    async def _start(self) -> None:
         self.engine.start()
+        if settings.grpc_port:  # every HTTP worker serves gRPC too (SO_REUSEPORT shares the port)
+            self.grpc = GrpcServer(self.engine, settings)
+            await self.grpc.start()
         if bentoml.server_context.worker_index in (None, 1):  # one pool, whatever GRAFT_WORKERS is
             self.workers.start()
 
     @bentoml.on_shutdown
     async def _close(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
         await self.workers.stop()
         await self.engine.close()
 

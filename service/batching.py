@@ -83,7 +83,10 @@ class MicroBatcher(Generic[T, R]):
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            # Callers that gave up while the batch was gathering (deadline, disconnect) leave it.
+            batch = [chunk for chunk in await self._collect() if not chunk.future.done()]
+            if not batch:
+                continue
             items = [item for chunk in batch for item in chunk.items]
             started = time.perf_counter()
             try:

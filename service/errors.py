@@ -11,10 +11,14 @@ from adapters.zero_shot import LabelError
 
 
 class GraftError(Exception):
-    """Base of every error a client may see. `code` is stable; `message` says what to do."""
+    """Base of every error a client may see. `code` is stable; `message` says what to do.
+
+    Each kind carries its HTTP status and its gRPC status code: the one mapping for both.
+    """
 
     status = 500
     code = "internal"
+    grpc_status = "INTERNAL"
 
     def __init__(self, message: str, details: Any = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -31,30 +35,44 @@ class GraftError(Exception):
 
 class InvalidInput(GraftError):
     status, code = 400, "invalid_input"
+    grpc_status = "INVALID_ARGUMENT"
 
 
 class Unauthenticated(GraftError):
     status, code = 401, "unauthenticated"
+    grpc_status = "UNAUTHENTICATED"
 
 
 class NotFound(GraftError):
     status, code = 404, "not_found"
+    grpc_status = "NOT_FOUND"
 
 
 class Conflict(GraftError):
     status, code = 409, "conflict"
+    grpc_status = "FAILED_PRECONDITION"
 
 
 class PayloadTooLarge(GraftError):
     status, code = 413, "payload_too_large"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class RateLimited(GraftError):
     status, code = 429, "rate_limited"
+    grpc_status = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(GraftError):
     status, code = 503, "unavailable"
+    grpc_status = "UNAVAILABLE"
+
+
+class DeadlineExceeded(GraftError):
+    """The caller's deadline passed before its items were served (gRPC deadlines)."""
+
+    status, code = 504, "deadline_exceeded"
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 
@@ -77,3 +95,13 @@ def translate(exc: Exception) -> GraftError:
         if isinstance(exc, kind):
             return make(exc)
     raise TypeError(f"no client mapping for {type(exc).__name__}") from exc
+
+
+def from_validation(errors: list[Any]) -> InvalidInput:
+    """pydantic's errors as one 400 / INVALID_ARGUMENT that names the field at fault."""
+    problems = [
+        {"where": ".".join(str(p) for p in e.get("loc", ())) or "body", "problem": e.get("msg", "")}
+        for e in errors
+    ]
+    first = problems[0] if problems else {"where": "body", "problem": "invalid request"}
+    return InvalidInput(f"{first['where']}: {first['problem']}", problems)

@@ -69,3 +69,15 @@ def cache_events() -> CacheEvents:
         on_failure=lambda reason: adapter_load_failures.labels(reason).inc(),
         on_resident=resident,
     )
+
+
+grpc_requests = Counter("graft_grpc_requests_total", "gRPC calls by method and status code", ["method", "code"])
+grpc_duration = Histogram(
+    "graft_grpc_request_duration_seconds", "gRPC call latency by method", ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def observe_grpc(method: str, code: str, seconds: float) -> None:
+    grpc_requests.labels(method, code).inc()
+    grpc_duration.labels(method).observe(seconds)

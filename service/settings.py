@@ -23,6 +23,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 3000
+    grpc_port: int = Field(50051, ge=0, description="gRPC port; 0 turns gRPC off")
+    grpc_max_message_mb: float = Field(16.0, gt=0)
     workers: int = Field(1, ge=1, description="HTTP worker processes, each with its own backbones")
 
     database_url: str | None = Field(

@@ -22,19 +22,23 @@ def free_port() -> int:
 class Server:
     def __init__(self, home: Path, log_path: Path, **env: str) -> None:
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self.log_path = log_path
         self.env = {
             **os.environ,
             "GRAFT_HOME": str(home),
             "GRAFT_PORT": str(self.port),
+            "GRAFT_GRPC_PORT": str(self.grpc_port),
             "GRAFT_HOST": "127.0.0.1",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.database_url = self.env.get("GRAFT_DATABASE_URL", "")
 
-    def start(self, timeout: float = 300) -> "Server":
+    def start(self, timeout: float = 300, ready: bool = True) -> "Server":
+        """Start and wait until /readyz says ready (or, with ready=False, until /livez answers)."""
         bentoml = Path(sys.executable).with_name("bentoml")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -46,7 +50,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/readyz" if ready else f"{self.url}/livez", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

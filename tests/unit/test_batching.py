@@ -108,3 +108,19 @@ def test_cancelled_request_leaves_the_queue():
 
     run(main())
     assert [99, 98] not in rec.batches and all(99 not in b for b in rec.batches)
+
+
+def test_caller_that_gives_up_while_the_batch_gathers_is_left_out():
+    rec = Recorder(seconds=0)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=64, max_wait_s=0.2)
+        hasty = asyncio.ensure_future(asyncio.wait_for(b.submit([7, 8, 9]), 0.05))
+        patient = asyncio.ensure_future(b.submit([1]))
+        with pytest.raises(TimeoutError):
+            await hasty
+        assert await patient == [(1.0, False)]
+        await b.close()
+
+    run(main())
+    assert rec.batches == [[1]]

@@ -52,3 +52,12 @@ def test_split_by_padding(lengths, expected):
 
 def test_split_caps_rows():
     assert _split_by_padding(np.array([5] * 20), max_rows=8) == [8, 16, 20]
+
+
+def test_int8_embedding_does_not_depend_on_batch_company(graft_home):
+    """Dynamic int8 scales per tensor; rows must not share a call or they change each other."""
+    int8 = load_backbone("minilm-l6", graft_home, precision="int8", provider="cpu")
+    alone = int8.embed([SENTENCES[1]]).vectors[0]
+    for company in (SENTENCES[:8], SENTENCES[8:], ["word " * 300, SENTENCES[1], "?"]):
+        batch = [*company, SENTENCES[1]]
+        assert np.array_equal(int8.embed(batch).vectors[-1], alone)
