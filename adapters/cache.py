@@ -79,6 +79,7 @@ class AdapterCache:
         self._load_locks: dict[Key, asyncio.Lock] = {}
         self._changed_while_loading: set[Key] = set()
         self._watermark: int | None = None
+        self.registry_ok = True  # did the last look at the registry succeed?
         self._watcher: asyncio.Task[None] | None = None
 
     # -- serving -----------------------------------------------------------------------
@@ -213,8 +214,13 @@ class AdapterCache:
         while True:
             try:
                 await self.refresh()
-            except Exception:  # the database may be away for a while: keep serving, retry
-                log.warning("registry watch failed; resident adapters keep serving", exc_info=True)
+                if not self.registry_ok:
+                    log.warning("registry reachable again")
+                self.registry_ok = True
+            except Exception as e:  # the database may be away for a while: keep serving, retry
+                if self.registry_ok:
+                    log.warning("registry unreachable (%s); resident adapters keep serving", type(e).__name__)
+                self.registry_ok = False
             await asyncio.sleep(self.poll_interval_s)
 
     async def refresh(self) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.format import AdapterConfig
-from adapters.registry import AdapterRow, Base, ConflictError, NotFoundError, Registry, _utc
+from adapters.registry import AdapterRow, Base, NotFoundError, QuotaExceeded, Registry, _utc
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -52,9 +52,12 @@ class JobRow(Base):
 
 
 class JobEventRow(Base):
+    """Events in insertion order: a database sequence, so concurrent writers (the worker, a
+    cancel request) never compete for the same number."""
+
     __tablename__ = "job_events"
-    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -130,12 +133,18 @@ class JobQueue:
     # -- API side ----------------------------------------------------------------------
 
     def submit(self, tenant: str, adapter: str, backbone: str, examples: list[dict[str, str]],
-               params: dict[str, Any], *, max_queued: int) -> Job:
+               params: dict[str, Any], *, max_queued: int, max_per_tenant: int | None = None) -> Job:
         with self._session.begin() as s:
             Registry._tenant(s, tenant)
             queued = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued"))
             if queued >= max_queued:
                 raise QueueFull(f"{queued} jobs are waiting; retry later")
+            if max_per_tenant is not None:
+                active = s.scalar(select(func.count()).select_from(JobRow).where(
+                    JobRow.tenant_id == tenant, JobRow.status.in_(("queued", "running"))))
+                if active >= max_per_tenant:
+                    raise QueueFull(f"tenant {tenant!r} has {active} jobs queued or running, the limit "
+                                    "(GRAFT_MAX_TENANT_JOBS); wait for one to finish")
             row = JobRow(id=str(uuid.uuid4()), tenant_id=tenant, adapter=adapter, backbone=backbone, status="queued",
                          params=params, examples=examples, progress=0.0, attempts=0, cancel_requested=False,
                          promoted=False)
@@ -158,8 +167,8 @@ class JobQueue:
     def events(self, job_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
         with self._session() as s:
             self._row(s, job_id, tenant)
-            rows = s.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.n)).all()
-            return [{"n": r.n, "at": _utc(r.at).isoformat(), "kind": r.kind, **r.data} for r in rows]
+            rows = s.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)).all()
+            return [{"n": n, "at": _utc(r.at).isoformat(), "kind": r.kind, **r.data} for n, r in enumerate(rows, 1)]
 
     def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """A queued job is cancelled at once; a running one at its worker's next check."""
@@ -254,7 +263,7 @@ class JobQueue:
             self._event(s, row.id, status, {"error": error_code} if error_code else {})
 
     def publish(self, claim: Claimed, config: AdapterConfig, weights: bytes, *, promote: bool,
-                metrics: dict[str, Any], decision: dict[str, Any]) -> int:
+                metrics: dict[str, Any], decision: dict[str, Any], max_adapters: int | None = None) -> int:
         """Register the version, promote it (or not) and succeed the job: all or nothing."""
         with self._session.begin() as s:
             seq = Registry._bump(s)
@@ -262,6 +271,8 @@ class JobQueue:
             tenant, name = row.tenant_id, row.adapter
             Registry._tenant(s, tenant)
             adapter = s.get(AdapterRow, (tenant, name))
+            if adapter is None or adapter.deleted:
+                Registry.check_adapter_quota(s, tenant, max_adapters)
             if adapter is None:
                 adapter = AdapterRow(tenant_id=tenant, name=name, backbone=config.backbone, next_version=1,
                                      seq=seq, history=[], deleted=False)
@@ -327,11 +338,10 @@ class JobQueue:
 
     @staticmethod
     def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        last = s.scalar(select(func.max(JobEventRow.n)).where(JobEventRow.job_id == job_id))
-        s.add(JobEventRow(job_id=job_id, n=(last or 0) + 1, kind=kind, data=data))
+        s.add(JobEventRow(job_id=job_id, kind=kind, data=data))
 
 
-class QueueFull(ConflictError):
+class QueueFull(QuotaExceeded):
     """Too many jobs waiting: the client should retry later (429 with Retry-After)."""
 
 

@@ -35,6 +35,10 @@ class ConflictError(RuntimeError):
     """The change does not fit the current state (exists already, nothing to roll back)."""
 
 
+class QuotaExceeded(RuntimeError):
+    """A per-tenant limit (adapters, jobs) is reached."""
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -174,7 +178,8 @@ class Registry:
                 raise ConflictError(f"tenant {tenant!r} exists already")
             s.add(TenantRow(id=tenant))
 
-    def create_adapter(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes) -> int:
+    def create_adapter(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes,
+                       *, max_adapters: int | None = None) -> int:
         """A new adapter whose version 1 (or the next number, if the name was deleted) is active."""
         with self._session.begin() as s:
             seq = self._bump(s)
@@ -184,6 +189,7 @@ class Registry:
                 raise ConflictError(
                     f"adapter {adapter!r} exists already for tenant {tenant!r}: promote a version, or delete it first"
                 )
+            self.check_adapter_quota(s, tenant, max_adapters)
             if row is None:
                 row = AdapterRow(tenant_id=tenant, name=adapter, backbone=config.backbone, next_version=1, seq=seq, history=[])
                 s.add(row)
@@ -302,6 +308,17 @@ class Registry:
         """Take the writers' lock (the sequence row) and return the new sequence number."""
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))
         return int(s.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
+
+    @staticmethod
+    def check_adapter_quota(s: Session, tenant: str, max_adapters: int | None) -> None:
+        if max_adapters is None:
+            return
+        count = s.scalar(select(func.count()).select_from(AdapterRow)
+                         .where(AdapterRow.tenant_id == tenant, AdapterRow.deleted.is_(False)))
+        if count >= max_adapters:
+            raise QuotaExceeded(
+                f"tenant {tenant!r} has {count} adapters, the limit (GRAFT_MAX_ADAPTERS_PER_TENANT): delete one first"
+            )
 
     @staticmethod
     def _tenant(s: Session, tenant: str) -> TenantRow:

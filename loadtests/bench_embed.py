@@ -46,7 +46,9 @@ async def _http_load(url: str, texts: list[str], per_request: int, clients: int,
     errors = 0
     done = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    from tests.integration.server import ADMIN_KEY, bearer
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=bearer(ADMIN_KEY)) as client:
         async def worker(wid: int, until: float, record: bool) -> None:
             nonlocal errors, done
             i = wid

@@ -18,12 +18,15 @@ from adapters import zero_shot
 from adapters.cache import AdapterCache, BackboneRef
 from adapters.format import Adapter
 from adapters.jobs import Job, JobQueue
+from adapters.keys import KeyInfo, KeyStore
 from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
 from models import Backbone, load_backbone
 from models.catalog import catalog_ids
 from service import metrics
+from service.auth import Authenticator, Principal, load_admin_key
 from service.batching import MicroBatcher
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from service.limits import TokenBuckets
 from service.settings import Settings
 from service.uploads import check_examples
 
@@ -93,6 +96,9 @@ class Engine:
             events=metrics.cache_events(),
         )
         self.jobs = JobQueue(self.registry, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts)
+        self.keys = KeyStore(self.registry)
+        self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s)
+        self.rate = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -137,8 +143,15 @@ class Engine:
         metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision).set(1)
 
     def status(self) -> dict[str, Any]:
+        """ready, loading, failed; or degraded: serving resident adapters, registry unreachable."""
         state = "ready" if self.ready else ("failed" if self._failure else "loading")
-        body: dict[str, Any] = {"status": state, "backbones": [b.describe() for b in self.backbones.values()]}
+        if state == "ready" and not self.cache.registry_ok:
+            state = "degraded"
+        body: dict[str, Any] = {
+            "status": state,
+            "registry": "ok" if self.cache.registry_ok else "unreachable",
+            "backbones": [b.describe() for b in self.backbones.values()],
+        }
         if self._failure:
             body["error"] = self._failure
         return body
@@ -201,6 +214,11 @@ class Engine:
 
     # -- inference -------------------------------------------------------------------
 
+    def admit(self, principal: Principal) -> None:
+        """The per-tenant rate limit on inference (the admin is not limited)."""
+        if principal.tenant is not None:
+            self.rate.take(principal.tenant)
+
     async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
         model = self.backbone(backbone)
         self.validate_items(model, items)
@@ -226,8 +244,20 @@ class Engine:
 
     # -- adapters --------------------------------------------------------------------
 
-    async def create_tenant(self, tenant: str) -> None:
+    async def create_tenant(self, tenant: str) -> str:
+        """The tenant and its first key (shown once)."""
         await asyncio.to_thread(self.registry.create_tenant, tenant)
+        _, key = await asyncio.to_thread(self.keys.issue, tenant)
+        return key
+
+    async def issue_key(self, tenant: str) -> tuple[KeyInfo, str]:
+        return await asyncio.to_thread(self.keys.issue, tenant)
+
+    async def revoke_key(self, tenant: str, key_id: str) -> None:
+        await asyncio.to_thread(self.keys.revoke, tenant, key_id)
+
+    async def list_keys(self, tenant: str) -> list[KeyInfo]:
+        return await asyncio.to_thread(self.keys.list, tenant)
 
     async def create_zero_shot(
         self, tenant: str, adapter: str, labels: list[str],
@@ -245,7 +275,8 @@ class Engine:
             model.id, model.fingerprint, labels, np.stack([r.vector for r in rows]), descriptions
         )
         config, weights = adapter_format.encode(config, tensors)
-        return await asyncio.to_thread(self.registry.create_adapter, tenant, adapter, config, weights)
+        return await asyncio.to_thread(self.registry.create_adapter, tenant, adapter, config, weights,
+                                       max_adapters=self.settings.max_adapters_per_tenant)
 
     async def list_adapters(self, tenant: str) -> list[AdapterInfo]:
         return await asyncio.to_thread(self.registry.list_adapters, tenant)
@@ -278,17 +309,19 @@ class Engine:
         clean = check_examples(examples, max_examples=self.settings.max_train_examples,
                                max_chars=self.settings.max_text_chars)
         return await asyncio.to_thread(
-            self.jobs.submit, tenant, adapter, model.id, clean, params, max_queued=self.settings.max_queued_jobs
+            self.jobs.submit, tenant, adapter, model.id, clean, params,
+            max_queued=self.settings.max_queued_jobs, max_per_tenant=self.settings.max_tenant_jobs,
         )
 
-    async def job(self, job_id: str) -> Job:
-        return await asyncio.to_thread(self.jobs.get, job_id)
+    # Jobs are looked up within the caller's tenant (None: the admin sees all).
+    async def job(self, job_id: str, tenant: str | None) -> Job:
+        return await asyncio.to_thread(self.jobs.get, job_id, tenant)
 
-    async def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.jobs.events, job_id)
+    async def job_events(self, job_id: str, tenant: str | None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.jobs.events, job_id, tenant)
 
-    async def cancel_job(self, job_id: str) -> Job:
-        return await asyncio.to_thread(self.jobs.cancel, job_id)
+    async def cancel_job(self, job_id: str, tenant: str | None) -> Job:
+        return await asyncio.to_thread(self.jobs.cancel, job_id, tenant)
 
     async def list_jobs(self, tenant: str) -> list[Job]:
         return await asyncio.to_thread(self.jobs.list, tenant)

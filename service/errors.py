@@ -6,8 +6,9 @@ from typing import Any, Callable
 from adapters.cache import BackboneNotLoaded
 from adapters.format import AdapterFormatError
 from adapters.jobs import QueueFull
-from adapters.registry import ConflictError, NotFoundError
+from adapters.registry import ConflictError, NotFoundError, QuotaExceeded
 from adapters.zero_shot import LabelError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 
 class GraftError(Exception):
@@ -79,6 +80,9 @@ class DeadlineExceeded(GraftError):
 # The one place where errors raised by adapters/ become client-facing errors.
 _DOMAIN: list[tuple[type[Exception], Callable[[Exception], GraftError]]] = [
     (QueueFull, lambda e: RateLimited(f"the fine-tune queue is full: {e}", headers={"Retry-After": "30"})),
+    (QuotaExceeded, lambda e: RateLimited(str(e))),
+    (IntegrityError, lambda e: Conflict("a concurrent change collided with this one; retry")),
+    (DBAPIError, lambda e: Unavailable("the registry database is unreachable; retry shortly")),
     (NotFoundError, lambda e: NotFound(str(e))),
     (ConflictError, lambda e: Conflict(str(e))),
     (BackboneNotLoaded, lambda e: Conflict(str(e))),

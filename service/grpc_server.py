@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from service import metrics
+from service.auth import Principal
 from service.engine import Engine
 from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, from_validation, translate
 from service.proto.graft.v1 import graft_pb2 as pb
@@ -31,22 +32,24 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Graft"].full_name  # "graft.v1.Graft"
 
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, Any, Principal], Awaitable[Any]]
 
 
-def rpc(fn: Handler) -> Handler:
-    """Deadline, error mapping and metrics for one RPC, in one place."""
+def rpc(fn: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """Authentication, deadline, error mapping and metrics for one RPC, in one place."""
     method = fn.__name__
 
     @wraps(fn)
     async def handler(self: "GraftServicer", request: Any, context: grpc.aio.ServicerContext) -> Any:
         started, code = time.perf_counter(), "OK"
         try:
+            metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+            who = await self.engine.auth.authenticate(metadata.get("authorization"))
             remaining = context.time_remaining()
             try:
                 if remaining is None:
-                    return await fn(self, request, context)
-                return await asyncio.wait_for(fn(self, request, context), max(remaining, 0.0))
+                    return await fn(self, request, who)
+                return await asyncio.wait_for(fn(self, request, who), max(remaining, 0.0))
             except TimeoutError as e:
                 raise DeadlineExceeded("the call's deadline passed before its items were served") from e
             except ValidationError as e:
@@ -80,8 +83,9 @@ class GraftServicer(pb_grpc.GraftServicer):
         self.engine = engine
 
     @rpc
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
         body = EmbedRequest(inputs=list(request.inputs), backbone=request.backbone or None)
+        self.engine.admit(who)
         out = await self.engine.embed(body.inputs, body.backbone)
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
@@ -90,9 +94,11 @@ class GraftServicer(pb_grpc.GraftServicer):
         )
 
     @rpc
-    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
+    async def Predict(self, request: pb.PredictRequest, who: Principal) -> pb.PredictResponse:
         body = PredictRequest(tenant=request.tenant, adapter=request.adapter or "default",
                               inputs=list(request.inputs), top_k=request.top_k or 1)
+        who.authorize(body.tenant)
+        self.engine.admit(who)
         out = await self.engine.predict(body.tenant, body.adapter, body.inputs, body.top_k)
         return pb.PredictResponse(
             tenant=out.tenant, adapter=out.adapter, version=out.version, backbone=out.backbone,
@@ -104,7 +110,7 @@ class GraftServicer(pb_grpc.GraftServicer):
         )
 
     @rpc
-    async def FineTune(self, request: pb.FineTuneRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+    async def FineTune(self, request: pb.FineTuneRequest, who: Principal) -> pb.Job:
         params = {f.name: value for f, value in request.params.ListFields()} if request.HasField("params") else {}
         body = FinetuneRequest(
             tenant=request.tenant, adapter=request.adapter or "default", backbone=request.backbone or None,
@@ -112,21 +118,23 @@ class GraftServicer(pb_grpc.GraftServicer):
             params=FinetuneParams.model_validate(params, strict=False),
         )
         assert body.params is not None
+        who.authorize(body.tenant)
         job = await self.engine.finetune(body.tenant, body.adapter, body.backbone, body.examples,
                                          body.params.model_dump())
         return _job(job)
 
     @rpc
-    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return _job(await self.engine.job(request.job_id))
+    async def GetJob(self, request: pb.GetJobRequest, who: Principal) -> pb.Job:
+        return _job(await self.engine.job(request.job_id, who.tenant))
 
     @rpc
-    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        return _job(await self.engine.cancel_job(request.job_id))
+    async def CancelJob(self, request: pb.CancelJobRequest, who: Principal) -> pb.Job:
+        return _job(await self.engine.cancel_job(request.job_id, who.tenant))
 
     @rpc
-    async def ListAdapters(self, request: pb.ListAdaptersRequest, context: grpc.aio.ServicerContext) -> pb.ListAdaptersResponse:
+    async def ListAdapters(self, request: pb.ListAdaptersRequest, who: Principal) -> pb.ListAdaptersResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant
+        who.authorize(tenant)
         infos = await self.engine.list_adapters(tenant)
         return pb.ListAdaptersResponse(tenant=tenant, adapters=[
             pb.AdapterSummary(adapter=i.adapter, backbone=i.backbone, active_version=i.active_version or 0,
@@ -135,10 +143,11 @@ class GraftServicer(pb_grpc.GraftServicer):
         ])
 
     @rpc
-    async def Promote(self, request: pb.PromoteRequest, context: grpc.aio.ServicerContext) -> pb.PromoteResponse:
+    async def Promote(self, request: pb.PromoteRequest, who: Principal) -> pb.PromoteResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant
         adapter = TenantRequest(tenant=request.adapter).tenant  # same name rule
         version = PromoteRequest(version=request.version).version
+        who.authorize(tenant)
         active = await self.engine.promote(tenant, adapter, version)
         return pb.PromoteResponse(tenant=tenant, adapter=adapter, active_version=active)
 

@@ -71,6 +71,20 @@ def cache_events() -> CacheEvents:
     )
 
 
+http_requests = Counter(
+    "graft_http_requests_total", "HTTP requests by route template, method and status", ["route", "method", "code"]
+)
+http_duration = Histogram(
+    "graft_http_request_duration_seconds", "HTTP request latency by route template", ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def observe_http(route: str, method: str, status: int, seconds: float) -> None:
+    http_requests.labels(route, method, str(status)).inc()
+    http_duration.labels(route, method).observe(seconds)
+
+
 grpc_requests = Counter("graft_grpc_requests_total", "gRPC calls by method and status code", ["method", "code"])
 grpc_duration = Histogram(
     "graft_grpc_request_duration_seconds", "gRPC call latency by method", ["method"],

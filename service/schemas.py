@@ -56,8 +56,26 @@ class TenantRequest(_Strict):
     tenant: Name
 
 
-class TenantResponse(BaseModel):
+class TenantCreated(BaseModel):
     tenant: str
+    api_key: str = Field(description="the tenant's first key; shown once, stored hashed")
+
+
+class KeyCreated(BaseModel):
+    tenant: str
+    key_id: str
+    api_key: str
+
+
+class KeyDetail(BaseModel):
+    key_id: str
+    created_at: str
+    revoked: bool
+
+
+class KeyList(BaseModel):
+    tenant: str
+    keys: list[KeyDetail]
 
 
 class CreateAdapterRequest(_Strict):

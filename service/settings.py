@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     job_poll_ms: int = Field(500, ge=10)
     promote_margin: float = Field(0.01, ge=0, description="macro-F1 a new version must gain to be promoted")
 
+    admin_key: str | None = Field(None, description="admin key; unset: generated into GRAFT_HOME/admin.key")
+    key_cache_s: float = Field(5.0, ge=0, description="how long a verified tenant key is trusted without a lookup")
+    rate_limit_rps: float = Field(50.0, ge=0, description="inference requests/s per tenant and replica; 0 = off")
+    rate_limit_burst: float = Field(100.0, ge=1)
+    max_body_mb: float = Field(4.0, gt=0, description="request body limit (fine-tune uploads: GRAFT_MAX_UPLOAD_MB)")
+    max_tenant_jobs: int = Field(4, ge=1, description="queued plus running fine-tune jobs per tenant")
+    max_adapters_per_tenant: int = Field(100, ge=1)
+
     max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
     max_text_chars: int = Field(20_000, ge=1)
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")

@@ -142,7 +142,8 @@ class Worker:
         )
         config, weights = encode(config, trained.tensors)
         version = q.publish(claim, config, weights, promote=promote, metrics=metrics,
-                            decision={"decision": "promote" if promote else "candidate", "reason": reason})
+                            decision={"decision": "promote" if promote else "candidate", "reason": reason},
+                            max_adapters=self.settings.max_adapters_per_tenant)
         log.info("job %s: version %d (%s)", job.id, version, reason)
 
     def _decide(self, metrics: dict[str, Any], active: dict[str, Any] | None) -> tuple[bool, str]:

@@ -8,9 +8,33 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMIN_KEY = "graft-test-admin-key"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self.key}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+class _AioMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), ("authorization", f"Bearer {self.key}"))
+        return await continuation(details._replace(metadata=metadata), request)
 
 
 def free_port() -> int:
@@ -32,6 +56,10 @@ class Server:
             "GRAFT_PORT": str(self.port),
             "GRAFT_GRPC_PORT": str(self.grpc_port),
             "GRAFT_HOST": "127.0.0.1",
+            "GRAFT_ADMIN_KEY": ADMIN_KEY,
+            # BentoML keeps Prometheus' multiprocess files under BENTOML_HOME and clears
+            # them when a server stops: each server of the tests gets its own.
+            "BENTOML_HOME": str(log_path.parent / f"bentoml-{self.port}"),
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
@@ -57,6 +85,17 @@ class Server:
             time.sleep(0.5)
         self.stop()
         raise TimeoutError(f"server not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def client(self, key: str | None = ADMIN_KEY, timeout: float = 60) -> httpx.Client:
+        """An HTTP client that sends `key` (the admin key unless told otherwise; None: no key)."""
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=bearer(key) if key else {})
+
+    def channel(self, key: str | None = ADMIN_KEY) -> grpc.Channel:
+        channel = grpc.insecure_channel(self.grpc_target)
+        return grpc.intercept_channel(channel, _Metadata(key)) if key else channel
+
+    def aio_channel(self, key: str | None = ADMIN_KEY) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.grpc_target, interceptors=[_AioMetadata(key)] if key else None)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -16,7 +16,7 @@ TRAIN, HELD_OUT = split()
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with server.client() as c:
         yield c
 
 
@@ -101,7 +101,8 @@ def test_cancel(client):
     wait_job(client, running["job_id"], ("running",), timeout=60)
     assert client.post(f"/v1/jobs/{queued['job_id']}/cancel").json()["status"] == "cancelled"
     client.post(f"/v1/jobs/{running['job_id']}/cancel")
-    assert wait_job(client, running["job_id"], timeout=60)["status"] == "cancelled"
+    final = wait_job(client, running["job_id"], timeout=60)
+    assert final["status"] == "cancelled", final
     assert client.get(f"/v1/tenants/{tenant}/adapters").json()["adapters"] == []  # nothing half-registered
 
 

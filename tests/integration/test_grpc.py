@@ -26,8 +26,7 @@ TRAIN, HELD_OUT = split()
 
 @pytest.fixture(scope="module")
 def channel(server):
-    with grpc.insecure_channel(server.grpc_target) as ch:
-        grpc.channel_ready_future(ch).result(timeout=30)
+    with server.channel() as ch:
         yield ch
 
 
@@ -38,7 +37,7 @@ def stub(channel):
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with server.client() as c:
         yield c
 
 
@@ -118,8 +117,7 @@ def test_error_codes(stub, tenant, server):
     assert code_of(lambda: stub.Promote(pb.PromoteRequest(tenant=tenant, adapter="support", version=42))) == C.NOT_FOUND
 
     # An active version whose bytes were tampered with, and nothing earlier to fall back on.
-    import httpx as _h
-    _h.post(f"{server.url}/v1/adapters", json={"tenant": tenant, "adapter": "broken", "labels": ["a", "b"]})
+    server.client().post("/v1/adapters", json={"tenant": tenant, "adapter": "broken", "labels": ["a", "b"]})
     engine = create_engine(normalise_url(server.database_url))
     with engine.begin() as c:
         c.execute(update(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.adapter == "broken")
@@ -139,8 +137,7 @@ def test_unavailable_while_backbones_cannot_load(graft_home, tmp_path):
     srv = Server(graft_home, tmp_path / "s.log", GRAFT_BACKBONES='["/nonexistent/model"]',
                  GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db").start(ready=False)
     try:
-        with grpc.insecure_channel(srv.grpc_target) as ch:
-            grpc.channel_ready_future(ch).result(timeout=30)
+        with srv.channel() as ch:
             stub = pb_grpc.GraftStub(ch)
             assert code_of(lambda: stub.Embed(pb.EmbedRequest(inputs=["x"]))) == grpc.StatusCode.UNAVAILABLE
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))
@@ -156,7 +153,7 @@ def test_deadline_shorter_than_batch_wait(graft_home, tmp_path):
                  GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db").start()
     try:
         async def main():
-            async with grpc.aio.insecure_channel(srv.grpc_target) as ch:
+            async with srv.aio_channel() as ch:
                 stub = pb_grpc.GraftStub(ch)
                 hasty = stub.Embed(pb.EmbedRequest(inputs=["hasty one", "hasty two", "hasty three"]), timeout=0.1)
                 patient = stub.Embed(pb.EmbedRequest(inputs=["patient"]))

@@ -22,7 +22,7 @@ QUERIES = ["please give me my money back", "my package has not arrived yet", "pa
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with server.client() as c:
         yield c
 
 
@@ -129,7 +129,7 @@ def test_hot_swaps_under_load_never_fail_a_request(client, server):
     problems: list[str] = []
 
     def hammer() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
+        with server.client() as c:
             while not stop.is_set():
                 r = c.post("/v1/predict", json={"tenant": tenant, "adapter": "hot", "inputs": QUERIES})
                 if r.status_code != 200:

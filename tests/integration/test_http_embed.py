@@ -14,7 +14,7 @@ from tests.conftest import SENTENCES
 
 @pytest.fixture(scope="module")
 def client(server):
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with server.client() as c:
         yield c
 
 
@@ -103,7 +103,7 @@ def test_concurrent_requests_share_backbone_passes(client):
         assert np.allclose(np.roll(np.array(rows), i % 16, axis=0), base, atol=1e-5)
     passes = metric_sum("graft_backbone_batch_size_count") - passes_before
     items = metric_sum("graft_backbone_batch_size_sum") - items_before
-    assert items == 48 * 16
+    assert items == 48 * 16, [l for l in client.get("/metrics").text.splitlines() if "batch_size_sum" in l]
     assert passes < 48, f"{passes} backbone passes for 48 concurrent requests: no batching"
 
 

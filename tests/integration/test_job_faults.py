@@ -35,7 +35,7 @@ def test_kill_9_worker_mid_job_and_restart_the_service(graft_home, tmp_path):
     env = dict(GRAFT_DATABASE_URL=db, GRAFT_JOB_LEASE_S="2", GRAFT_JOB_POLL_MS="100")
     server = Server(graft_home, tmp_path / "a.log", **env).start()
     try:
-        c = httpx.Client(base_url=server.url, timeout=30)
+        c = server.client()
         c.post("/v1/tenants", json={"tenant": "k9"})
         job = c.post("/v1/finetune", json={"tenant": "k9", "adapter": "a", "examples": TRAIN, "params": SLOW}).json()
         wait_job(c, job["job_id"], ("running",), timeout=60)
@@ -60,7 +60,7 @@ def test_kill_9_worker_mid_job_and_restart_the_service(graft_home, tmp_path):
     # A restart keeps jobs and versions.
     server = Server(graft_home, tmp_path / "b.log", **env).start()
     try:
-        c = httpx.Client(base_url=server.url, timeout=30)
+        c = server.client()
         assert c.get(f"/v1/jobs/{finished['job_id']}").json()["status"] == "succeeded"
         assert c.get(f"/v1/jobs/{job['job_id']}").json()["status"] == done["status"]
         r = c.post("/v1/predict", json={"tenant": "k9", "adapter": "b", "inputs": ["a superb film"]})

@@ -35,7 +35,7 @@ def wait_for(check, timeout: float) -> float:
 
 
 def test_promote_on_one_replica_serves_on_the_other_within_2s(replicas):
-    one, two = (httpx.Client(base_url=s.url, timeout=30) for s in replicas)
+    one, two = (s.client() for s in replicas)
     assert one.post("/v1/tenants", json={"tenant": "shared"}).status_code == 201
     assert one.post("/v1/adapters", json={"tenant": "shared", "adapter": "a", "labels": ["yes", "no"]}).status_code == 201
 

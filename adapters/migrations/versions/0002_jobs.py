@@ -43,8 +43,8 @@ def upgrade() -> None:
     op.create_index("ix_jobs_status", "jobs", ["status"])
     op.create_table(
         "job_events",
-        sa.Column("job_id", sa.String(36), primary_key=True),
-        sa.Column("n", sa.Integer, primary_key=True),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("job_id", sa.String(36), nullable=False, index=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("data", sa.JSON, nullable=False),

@@ -1,0 +1,102 @@
+"""Who is calling: the admin key or a tenant's key, from `Authorization: Bearer <key>`
+(HTTP header or gRPC metadata alike).
+
+Tenant keys are verified against their hashes in the registry and remembered for a few
+seconds, so a busy tenant costs no database read per request and inference goes on while
+the database is away (revocation takes effect within GRAFT_KEY_CACHE_S). A tenant acting on
+another tenant's resources is told they do not exist (404), never that they are forbidden.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.exc import DBAPIError
+
+from adapters.keys import KeyStore, hash_key
+from service.errors import NotFound, Unauthenticated
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant: str | None  # None: the admin
+
+    @property
+    def admin(self) -> bool:
+        return self.tenant is None
+
+    def authorize(self, tenant: str) -> None:
+        """Tenant-scoped access: its own key or the admin key; anyone else sees nothing."""
+        if not self.admin and self.tenant != tenant:
+            raise NotFound(f"unknown tenant {tenant!r}")
+
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise NotFound("not found")
+
+
+ADMIN = Principal(None)
+
+
+def load_admin_key(settings: Settings) -> str:
+    """GRAFT_ADMIN_KEY, or a key generated on first start into GRAFT_HOME/admin.key (0600)."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = Path(settings.home) / "admin.key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    log.warning("generated an admin key into %s (mode 0600); set GRAFT_ADMIN_KEY to choose your own", path.resolve())
+    return path.read_text().strip()
+
+
+class Authenticator:
+    def __init__(self, keys: KeyStore, admin_key: str, *, cache_s: float = 5.0, cache_size: int = 10_000) -> None:
+        self.keys = keys
+        self._admin_hash = hash_key(admin_key)
+        self.cache_s = cache_s
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthenticated("send your key as `Authorization: Bearer <key>`")
+        key = authorization[7:].strip()
+        digest = hash_key(key)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return ADMIN
+        tenant = await self._tenant_of(key, digest)
+        if tenant is None:
+            raise Unauthenticated("the key is not valid (unknown, malformed or revoked)")
+        return Principal(tenant)
+
+    async def _tenant_of(self, key: str, digest: str) -> str | None:
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        try:
+            tenant = await asyncio.to_thread(self.keys.verify, key)
+        except DBAPIError:
+            if cached is not None:  # the database is away: a key we knew stays good meanwhile
+                return cached[0]
+            raise
+        self._cache[digest] = (tenant, now + self.cache_s)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return tenant

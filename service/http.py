@@ -1,0 +1,330 @@
+"""HTTP routes (FastAPI) of the contract in ../shared/DESIGN.md.
+
+Mounted into the BentoML service by service/api.py. Each route: authenticate, authorise
+the tenant, validate with the pydantic schemas, call the Engine. Errors are mapped once
+(service/errors.py) and always come back as JSON `{"error": {...}}`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+
+from service import metrics
+from service.auth import Principal
+from service.engine import Engine
+from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, PayloadTooLarge, from_validation, translate
+from service.schemas import (
+    NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
+    EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
+    KeyCreated, KeyList, PredictRequest, PredictResponse, PromoteRequest, TenantCreated, TenantRequest,
+    VersionDetail, VersionList,
+)
+from service.settings import get_settings
+from service.uploads import parse_csv, parse_jsonl
+
+settings = get_settings()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 429, 503)
+}
+
+app = FastAPI(
+    title="Graft",
+    version="1",
+    description="Frozen pretrained backbones with per-tenant adapters, served on ONNX Runtime. "
+                "Send `Authorization: Bearer <key>` (a tenant's key or the admin key).",
+)
+
+TenantPath = Path(pattern=NAME_PATTERN, description="tenant id")
+AdapterPath = Path(pattern=NAME_PATTERN, description="adapter name")
+
+
+def engine() -> Engine:
+    import bentoml
+
+    return bentoml.get_current_service().engine
+
+
+async def caller(request: Request) -> Principal:
+    return await engine().auth.authenticate(request.headers.get("authorization"))
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json")
+
+
+def _error(err: GraftError) -> Response:
+    response = _json(err.to_dict(), err.status)
+    response.headers.update(err.headers)
+    if err.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+@app.middleware("http")
+async def route_metrics(request: Request, call_next: Any) -> Response:
+    """Request count and latency by route template (/v1/jobs/{job_id}), never by raw path."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    metrics.observe_http(getattr(route, "path", "unmatched"), request.method, response.status_code,
+                         time.perf_counter() - started)
+    return response
+
+
+@app.exception_handler(GraftError)
+async def _graft_error(_: Request, err: GraftError) -> Response:
+    return _error(err)
+
+
+for _kind in DOMAIN_ERRORS:
+    app.add_exception_handler(_kind, lambda _req, err: _error(translate(err)))  # type: ignore[arg-type]
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, err: RequestValidationError) -> Response:
+    return _error(from_validation(list(err.errors())))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_limited(request: Request, limit: int, setting: str = "GRAFT_MAX_BODY_MB") -> bytes:
+    """The body, or 413 as soon as it passes `limit` bytes (whatever Content-Length claims)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body has {declared} bytes; the limit is {limit} ({setting})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body passes the limit of {limit} bytes ({setting})")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's form parser reads the cached body from here
+    return body
+
+
+async def parse(model: type[M], request: Request) -> M:
+    """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type)."""
+    body = await read_limited(request, int(settings.max_body_mb * 1024 * 1024))
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise from_validation(list(e.errors(include_url=False))) from e
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI description of a body that `parse` reads."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# -- inference -------------------------------------------------------------------------
+
+
+@app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=json_body(EmbedRequest))
+async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
+    """Embed texts with a frozen backbone; rows are L2-normalised. Any valid key."""
+    body = await parse(EmbedRequest, request)
+    engine().admit(who)
+    out = await engine().embed(body.inputs, body.backbone)
+    return _json({
+        "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
+        "truncated": [i for i, t in enumerate(out.truncated) if t],
+    })
+
+
+@app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=json_body(PredictRequest))
+async def predict(request: Request, who: Principal = Depends(caller)) -> Response:
+    """Classify items with a tenant's adapter (its active version) on the shared backbone."""
+    body = await parse(PredictRequest, request)
+    who.authorize(body.tenant)
+    engine().admit(who)
+    out = await engine().predict(body.tenant, body.adapter, body.inputs, body.top_k)
+    return _json({"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
+                  "backbone": out.backbone, "predictions": out.predictions})
+
+
+# -- tenants and keys (admin) -------------------------------------------------------------
+
+
+@app.post("/v1/tenants", status_code=201, response_model=TenantCreated, responses=ERRORS,
+          openapi_extra=json_body(TenantRequest))
+async def create_tenant(request: Request, who: Principal = Depends(caller)) -> Response:
+    """Admin: a tenant and its first API key (shown once)."""
+    who.require_admin()
+    body = await parse(TenantRequest, request)
+    key = await engine().create_tenant(body.tenant)
+    return _json({"tenant": body.tenant, "api_key": key}, 201)
+
+
+@app.post("/v1/tenants/{tenant}/keys", status_code=201, response_model=KeyCreated, responses=ERRORS)
+async def issue_key(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
+    """Admin: another key for the tenant (rotation: issue, switch clients, revoke the old)."""
+    who.require_admin()
+    info, key = await engine().issue_key(tenant)
+    return _json({"tenant": tenant, "key_id": info.key_id, "api_key": key}, 201)
+
+
+@app.get("/v1/tenants/{tenant}/keys", response_model=KeyList, responses=ERRORS)
+async def list_keys(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
+    who.require_admin()
+    keys = await engine().list_keys(tenant)
+    return _json({"tenant": tenant, "keys": [
+        {"key_id": k.key_id, "created_at": k.created_at, "revoked": k.revoked} for k in keys]})
+
+
+@app.delete("/v1/tenants/{tenant}/keys/{key_id}", response_model=KeyList, responses=ERRORS)
+async def revoke_key(tenant: str = TenantPath, key_id: str = Path(pattern=r"^[0-9a-f]{1,16}$"),
+                     who: Principal = Depends(caller)) -> Response:
+    """Admin: revoke a key (every replica refuses it within GRAFT_KEY_CACHE_S)."""
+    who.require_admin()
+    await engine().revoke_key(tenant, key_id)
+    return await list_keys(tenant, who)
+
+
+# -- adapters ------------------------------------------------------------------------------
+
+
+@app.post("/v1/adapters", status_code=201, response_model=CreatedAdapter, responses=ERRORS,
+          openapi_extra=json_body(CreateAdapterRequest))
+async def create_adapter(request: Request, who: Principal = Depends(caller)) -> Response:
+    """A zero-shot adapter from label names: version 1, serving at once."""
+    body = await parse(CreateAdapterRequest, request)
+    who.authorize(body.tenant)
+    version = await engine().create_zero_shot(body.tenant, body.adapter, body.labels, body.descriptions, body.backbone)
+    return _json({"tenant": body.tenant, "adapter": body.adapter, "version": version,
+                  "backbone": body.backbone or settings.default_backbone, "labels": body.labels}, 201)
+
+
+@app.get("/v1/tenants/{tenant}/adapters", response_model=AdapterList, responses=ERRORS)
+async def list_adapters(tenant: str = TenantPath, who: Principal = Depends(caller)) -> AdapterList:
+    who.authorize(tenant)
+    infos = await engine().list_adapters(tenant)
+    return AdapterList(tenant=tenant, adapters=[
+        AdapterSummary(adapter=i.adapter, backbone=i.backbone, active_version=i.active_version, versions=i.versions)
+        for i in infos
+    ])
+
+
+@app.get("/v1/tenants/{tenant}/adapters/{adapter}/versions", response_model=VersionList, responses=ERRORS)
+async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
+                        who: Principal = Depends(caller)) -> VersionList:
+    who.authorize(tenant)
+    versions = await engine().list_versions(tenant, adapter)
+    return VersionList(tenant=tenant, adapter=adapter, versions=[
+        VersionDetail(
+            version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
+            head=v.config.head, labels=v.config.labels, metrics=v.config.metrics,
+            training=v.config.training, parent_version=v.config.parent_version,
+        )
+        for v in versions
+    ])
+
+
+@app.post("/v1/tenants/{tenant}/adapters/{adapter}/promote", response_model=ActiveVersion, responses=ERRORS,
+          openapi_extra=json_body(PromoteRequest))
+async def promote(request: Request, tenant: str = TenantPath, adapter: str = AdapterPath,
+                  who: Principal = Depends(caller)) -> ActiveVersion:
+    who.authorize(tenant)
+    body = await parse(PromoteRequest, request)
+    version = await engine().promote(tenant, adapter, body.version)
+    return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
+
+
+@app.post("/v1/tenants/{tenant}/adapters/{adapter}/rollback", response_model=ActiveVersion, responses=ERRORS)
+async def rollback(tenant: str = TenantPath, adapter: str = AdapterPath,
+                   who: Principal = Depends(caller)) -> ActiveVersion:
+    who.authorize(tenant)
+    version = await engine().rollback(tenant, adapter)
+    return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
+
+
+@app.delete("/v1/tenants/{tenant}/adapters/{adapter}", response_model=Deleted, responses=ERRORS)
+async def delete_adapter(tenant: str = TenantPath, adapter: str = AdapterPath,
+                         who: Principal = Depends(caller)) -> Deleted:
+    who.authorize(tenant)
+    await engine().delete_adapter(tenant, adapter)
+    return Deleted(tenant=tenant, adapter=adapter, deleted=True)
+
+
+# -- fine-tuning ---------------------------------------------------------------------------
+
+
+async def finetune_request(request: Request) -> FinetuneRequest:
+    """Inline JSON, or multipart with form fields and a JSONL or CSV `file`."""
+    body = await read_limited(request, int(settings.max_upload_mb * 1024 * 1024), "GRAFT_MAX_UPLOAD_MB")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        try:
+            return FinetuneRequest.model_validate_json(body)
+        except ValidationError as e:
+            raise from_validation(list(e.errors(include_url=False))) from e
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise InvalidInput("a multipart fine-tune request needs a file field `file` (JSONL or CSV)")
+    data = await upload.read()
+    name = (upload.filename or "").lower()
+    examples = parse_csv(data) if name.endswith(".csv") or "csv" in (upload.content_type or "") else parse_jsonl(data)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+    try:
+        if "params" in fields:
+            fields["params"] = FinetuneParams.model_validate_json(fields["params"])
+        return FinetuneRequest.model_validate({**fields, "examples": examples}, strict=False)
+    except ValidationError as e:
+        raise from_validation(list(e.errors(include_url=False))) from e
+
+
+FINETUNE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": FinetuneRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+    "multipart/form-data": {"schema": {
+        "type": "object",
+        "required": ["tenant", "file"],
+        "properties": {
+            "tenant": {"type": "string", "pattern": NAME_PATTERN},
+            "adapter": {"type": "string", "pattern": NAME_PATTERN},
+            "backbone": {"type": "string"},
+            "params": {"type": "string", "description": "FinetuneParams as JSON"},
+            "file": {"type": "string", "format": "binary",
+                     "description": 'JSONL lines {"text", "label"}, or CSV with the columns text,label'},
+        },
+    }},
+}}}
+
+
+@app.post("/v1/finetune", status_code=202, response_model=JobStatus, openapi_extra=FINETUNE_BODY, responses=ERRORS)
+async def finetune(request: Request, who: Principal = Depends(caller)) -> Response:
+    """Queue a fine-tune job: a head trained on the frozen backbone, evaluated, promoted if better."""
+    body = await finetune_request(request)
+    who.authorize(body.tenant)
+    params = (body.params or FinetuneParams()).model_dump()
+    job = await engine().finetune(body.tenant, body.adapter, body.backbone, body.examples, params)
+    return _json(job.public(), 202)
+
+
+@app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
+async def get_job(job_id: str, who: Principal = Depends(caller)) -> Response:
+    return _json((await engine().job(job_id, who.tenant)).public())
+
+
+@app.get("/v1/jobs/{job_id}/events", response_model=JobEvents, responses=ERRORS)
+async def job_events(job_id: str, who: Principal = Depends(caller)) -> Response:
+    return _json({"job_id": job_id, "events": await engine().job_events(job_id, who.tenant)})
+
+
+@app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=ERRORS)
+async def cancel_job(job_id: str, who: Principal = Depends(caller)) -> Response:
+    return _json((await engine().cancel_job(job_id, who.tenant)).public())
+
+
+@app.get("/v1/tenants/{tenant}/jobs", response_model=JobList, responses=ERRORS)
+async def list_jobs(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
+    who.authorize(tenant)
+    jobs = await engine().list_jobs(tenant)
+    return _json({"tenant": tenant, "jobs": [j.public() for j in jobs]})

@@ -1,0 +1,220 @@
+"""Tenant isolation, keys and limits over real HTTP and gRPC.
+
+Tenant A tries every endpoint on tenant B's adapters and jobs and sees nothing: 404, the
+same answer as for things that do not exist.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, update
+
+from adapters.registry import VersionRow, normalise_url
+from service.proto.graft.v1 import graft_pb2 as pb
+from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
+from tests.integration.data import split
+from tests.integration.helpers import add_zero_shot_version
+from tests.integration.jobs import wait_job
+from tests.integration.server import Server
+
+TRAIN, _ = split()
+
+
+@pytest.fixture(scope="module")
+def admin(server):
+    with server.client() as c:
+        yield c
+
+
+def make_tenant(admin) -> tuple[str, str]:
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    r = admin.post("/v1/tenants", json={"tenant": name})
+    assert r.status_code == 201
+    key = r.json()["api_key"]
+    assert key.startswith("graft_")
+    return name, key
+
+
+@pytest.fixture(scope="module")
+def two_tenants(server, admin):
+    (a, key_a), (b, key_b) = make_tenant(admin), make_tenant(admin)
+    with server.client(key_b) as cb:
+        assert cb.post("/v1/adapters", json={"tenant": b, "adapter": "secret", "labels": ["x", "y"]}).status_code == 201
+        job = cb.post("/v1/finetune", json={"tenant": b, "adapter": "trained", "examples": TRAIN,
+                                            "params": {"epochs": 5}}).json()
+        wait_job(cb, job["job_id"])
+    return {"a": (a, key_a), "b": (b, key_b), "b_job": job["job_id"]}
+
+
+def test_requests_without_a_valid_key_are_401(server, two_tenants):
+    for key in (None, "wrong", "graft_deadbeef_nottherightsecret", "Bearer"):
+        with server.client(key) as c:
+            r = c.post("/v1/embed", json={"inputs": ["x"]})
+            assert r.status_code == 401, (key, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+    with server.client(None) as c:  # the open endpoints
+        assert c.get("/livez").status_code == 200
+        assert c.get("/readyz").status_code == 200
+        metrics = c.get("/metrics")
+        assert metrics.status_code == 200
+        for name in (two_tenants["a"][0], two_tenants["b"][0], two_tenants["b_job"]):
+            assert name not in metrics.text  # route templates only: /v1/tenants/{tenant}/...
+        assert "/v1/tenants/{tenant}/adapters" in metrics.text
+
+
+def test_tenant_a_cannot_see_or_touch_tenant_b(server, two_tenants):
+    a, key_a = two_tenants["a"]
+    b, _ = two_tenants["b"]
+    job = two_tenants["b_job"]
+    attempts = [
+        ("POST", "/v1/predict", {"tenant": b, "adapter": "secret", "inputs": ["x"]}),
+        ("POST", "/v1/adapters", {"tenant": b, "adapter": "mine", "labels": ["p", "q"]}),
+        ("GET", f"/v1/tenants/{b}/adapters", None),
+        ("GET", f"/v1/tenants/{b}/adapters/secret/versions", None),
+        ("POST", f"/v1/tenants/{b}/adapters/secret/promote", {"version": 1}),
+        ("POST", f"/v1/tenants/{b}/adapters/secret/rollback", None),
+        ("DELETE", f"/v1/tenants/{b}/adapters/secret", None),
+        ("POST", "/v1/finetune", {"tenant": b, "adapter": "x", "examples": TRAIN}),
+        ("GET", f"/v1/jobs/{job}", None),
+        ("GET", f"/v1/jobs/{job}/events", None),
+        ("POST", f"/v1/jobs/{job}/cancel", None),
+        ("GET", f"/v1/tenants/{b}/jobs", None),
+        # admin-only
+        ("POST", "/v1/tenants", {"tenant": f"x-{uuid.uuid4().hex[:6]}"}),
+        ("POST", f"/v1/tenants/{a}/keys", None),
+        ("GET", f"/v1/tenants/{a}/keys", None),
+    ]
+    with server.client(key_a) as ca:
+        for method, path, body in attempts:
+            r = ca.request(method, path, json=body)
+            assert r.status_code == 404, (method, path, r.status_code, r.text)
+        # ...and B's things are all still there, untouched.
+    with server.client() as admin:
+        assert admin.post("/v1/predict", json={"tenant": b, "adapter": "secret", "inputs": ["x"]}).status_code == 200
+        assert [x["adapter"] for x in admin.get(f"/v1/tenants/{b}/adapters").json()["adapters"]] == ["secret", "trained"]
+
+
+def test_tenant_a_over_grpc(server, two_tenants):
+    a, key_a = two_tenants["a"]
+    b, _ = two_tenants["b"]
+    stub = pb_grpc.GraftStub(server.channel(key_a))
+    calls = [
+        lambda: stub.Predict(pb.PredictRequest(tenant=b, adapter="secret", inputs=["x"])),
+        lambda: stub.ListAdapters(pb.ListAdaptersRequest(tenant=b)),
+        lambda: stub.Promote(pb.PromoteRequest(tenant=b, adapter="secret", version=1)),
+        lambda: stub.FineTune(pb.FineTuneRequest(tenant=b, examples=[pb.Example(text=e["text"], label=e["label"]) for e in TRAIN])),
+        lambda: stub.GetJob(pb.GetJobRequest(job_id=two_tenants["b_job"])),
+        lambda: stub.CancelJob(pb.CancelJobRequest(job_id=two_tenants["b_job"])),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    for key in (None, "wrong"):
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.GraftStub(server.channel(key)).Embed(pb.EmbedRequest(inputs=["x"]))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # A's own key works for A.
+    pb_grpc.GraftStub(server.channel(key_a)).ListAdapters(pb.ListAdaptersRequest(tenant=a))
+
+
+def test_key_rotation_and_revocation(server, admin):
+    tenant, first = make_tenant(admin)
+    issued = admin.post(f"/v1/tenants/{tenant}/keys").json()
+    with server.client(issued["api_key"]) as c:
+        assert c.get(f"/v1/tenants/{tenant}/adapters").status_code == 200
+    old_id = first.split("_")[1]
+    keys = admin.delete(f"/v1/tenants/{tenant}/keys/{old_id}").json()["keys"]
+    assert {k["key_id"]: k["revoked"] for k in keys} == {old_id: True, issued["key_id"]: False}
+    time.sleep(5.5)  # GRAFT_KEY_CACHE_S: every replica stops trusting a cached key by then
+    with server.client(first) as c:
+        assert c.get(f"/v1/tenants/{tenant}/adapters").status_code == 401
+    with server.client(issued["api_key"]) as c:
+        assert c.get(f"/v1/tenants/{tenant}/adapters").status_code == 200
+
+
+@pytest.mark.parametrize("name", ["UPPER", "-lead", "a" * 64, "sp ace", "../x", "dot.dot", "ünï"])
+def test_names_outside_the_pattern_are_400(admin, name):
+    assert admin.post("/v1/tenants", json={"tenant": name}).status_code == 400
+    assert admin.post("/v1/predict", json={"tenant": name, "inputs": ["x"]}).status_code == 400
+
+
+def test_tampered_version_is_refused_and_the_previous_keeps_serving(server, admin):
+    tenant, key = make_tenant(admin)
+    admin.post("/v1/adapters", json={"tenant": tenant, "adapter": "t", "labels": ["yes", "no"]})
+    v2 = add_zero_shot_version(admin, server.database_url, tenant, "t", ["up", "down"], ["up", "down"])
+    engine = create_engine(normalise_url(server.database_url))
+    with engine.begin() as c:
+        c.execute(update(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.version == v2)
+                  .values(weights=b"tampered"))
+    engine.dispose()
+    with server.client(key) as c:
+        assert c.post("/v1/predict", json={"tenant": tenant, "adapter": "t", "inputs": ["x"]}).json()["version"] == 1
+        assert c.post(f"/v1/tenants/{tenant}/adapters/t/promote", json={"version": v2}).status_code == 200
+        for _ in range(3):
+            r = c.post("/v1/predict", json={"tenant": tenant, "adapter": "t", "inputs": ["x"]})
+            assert r.status_code == 200 and r.json()["version"] == 1
+        stub = pb_grpc.GraftStub(server.channel(key))
+        assert stub.Predict(pb.PredictRequest(tenant=tenant, adapter="t", inputs=["x"])).version == 1
+    failures = [l for l in admin.get("/metrics").text.splitlines() if l.startswith("graft_adapter_load_failures_total")]
+    assert failures and float(failures[0].split()[-1]) >= 1
+
+
+def test_limits(graft_home, tmp_path):
+    """Rate limit (429 + Retry-After), adapters per tenant, jobs per tenant, body size."""
+    srv = Server(graft_home, tmp_path / "s.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
+                 GRAFT_RATE_LIMIT_RPS="2", GRAFT_RATE_LIMIT_BURST="3", GRAFT_MAX_ADAPTERS_PER_TENANT="2",
+                 GRAFT_MAX_TENANT_JOBS="1", GRAFT_MAX_BODY_MB="0.01", GRAFT_TRAIN_WORKERS="0").start()
+    try:
+        admin = srv.client()
+        tenant, key = make_tenant(admin)
+        c = srv.client(key)
+        codes = [c.post("/v1/embed", json={"inputs": ["x"]}).status_code for _ in range(6)]
+        assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+        limited = next(r for r in (c.post("/v1/embed", json={"inputs": ["x"]}) for _ in range(3)) if r.status_code == 429)
+        assert int(limited.headers["retry-after"]) >= 1 and limited.json()["error"]["code"] == "rate_limited"
+        stub = pb_grpc.GraftStub(srv.channel(key))
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in range(6):
+                stub.Embed(pb.EmbedRequest(inputs=["x"]))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert admin.post("/v1/embed", json={"inputs": ["x"]}).status_code == 200  # the admin is not limited
+
+        for i in range(2):
+            assert admin.post("/v1/adapters", json={"tenant": tenant, "adapter": f"a{i}", "labels": ["p", "q"]}).status_code == 201
+        r = admin.post("/v1/adapters", json={"tenant": tenant, "adapter": "a3", "labels": ["p", "q"]})
+        assert r.status_code == 429 and "GRAFT_MAX_ADAPTERS_PER_TENANT" in r.json()["error"]["message"]
+
+        small = TRAIN[:2] + TRAIN[10:12]
+        assert admin.post("/v1/finetune", json={"tenant": tenant, "adapter": "a0", "examples": small}).status_code == 202
+        r = admin.post("/v1/finetune", json={"tenant": tenant, "adapter": "a1", "examples": small})
+        assert r.status_code == 429 and "GRAFT_MAX_TENANT_JOBS" in r.json()["error"]["message"]
+
+        r = admin.post("/v1/embed", json={"inputs": ["x" * 20_000]})
+        assert r.status_code == 413 and "GRAFT_MAX_BODY_MB" in r.json()["error"]["message"]
+    finally:
+        srv.stop()
+
+
+def test_generated_admin_key_is_private_and_not_logged(graft_home, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink(graft_home / "backbones", home / "backbones")
+    srv = Server(home, tmp_path / "s.log", GRAFT_ADMIN_KEY="", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
+                 GRAFT_TRAIN_WORKERS="0")
+    srv.env.pop("GRAFT_ADMIN_KEY")
+    srv.start()
+    try:
+        path = home / "admin.key"
+        key = path.read_text().strip()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        log = srv.log_path.read_text()
+        assert str(path) in log and key not in log
+        assert srv.client(key).post("/v1/tenants", json={"tenant": "by-generated-key"}).status_code == 201
+    finally:
+        srv.stop()
