@@ -48,6 +48,21 @@ bench: prepare
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_training --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_grpc_http --out docs/BENCHMARKS.md
+
+# Headless locust against a running server (make serve): HTTP and gRPC users, a trickle of
+# fine-tunes; bounded in time; CSV and HTML report in loadtests/results/. Point it elsewhere
+# with LOAD_HOST=http://… LOAD_GRPC=host:port GRAFT_LOAD_KEY=<admin key>.
+LOAD_HOST ?= http://127.0.0.1:3000
+LOAD_GRPC ?= 127.0.0.1:50051
+LOAD_TIME ?= 60s
+LOAD_USERS ?= 8
+load: install
+	mkdir -p loadtests/results
+	GRAFT_LOAD_KEY="$${GRAFT_LOAD_KEY:-$$(cat .graft/admin.key 2>/dev/null)}" GRAFT_LOAD_GRPC=$(LOAD_GRPC) \
+	  $(BIN)/locust -f loadtests/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
+	  --host $(LOAD_HOST) --csv loadtests/results/load --html loadtests/results/load.html
 
 # The generated gRPC modules are committed; tests/unit/test_proto.py fails when they are stale.
 proto: install
