@@ -110,7 +110,6 @@ def main() -> None:
             rate, p50 = measure(embed, texts, batch, args.seconds)
             rows.append((name, f"batch {batch}", rate, p50))
             print(f"{name:22s} batch {batch:2d}: {rate:7.1f} sentences/s  p50 {p50:7.1f} ms", flush=True)
-    del model
 
     with tempfile.TemporaryDirectory() as logs:
         server = Server(settings.home, Path(logs) / "server.log", GRAFT_PRECISION="int8", GRAFT_PROVIDER="cpu").start()

@@ -69,22 +69,20 @@ class TextBackbone(Backbone):
         return None
 
     def embed(self, items: list[Any]) -> EmbedResult:
-        # Sorting by length keeps similar lengths together, so sub-batches pad little.
-        order = sorted(range(len(items)), key=lambda i: len(items[i]))
-        ids, mask, truncated = self._tokenizer.encode([items[i] for i in order])
+        ids, mask, truncated = self._tokenizer.encode(items)
+        # Sorting by token count keeps similar lengths together, so sub-batches pad little.
         lengths = mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        ids, mask, lengths = ids[order], mask[order], lengths[order]
         chunks = []
         start = 0
         for stop in _split_by_padding(lengths, self.max_rows):
-            width = int(lengths[stop - 1])
+            width = int(lengths[start:stop].max())
             chunks.append(self._runner.run(ids[start:stop, :width], mask[start:stop, :width]))
             start = stop
         out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(chunks)
-        flags = [False] * len(items)
-        for pos, i in enumerate(order):
-            flags[i] = truncated[pos]
-        return EmbedResult(vectors=out, truncated=flags)
+        return EmbedResult(vectors=out, truncated=list(truncated))
 
 
 def _split_by_padding(

@@ -1,6 +1,8 @@
 """Small helpers for tests that talk to a running server."""
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import numpy as np
 
@@ -20,3 +22,11 @@ def add_zero_shot_version(client: httpx.Client, registry_url: str, tenant: str, 
         return registry.add_version(tenant, adapter, *encode(config, tensors), activate=activate)
     finally:
         registry.close()
+
+
+def new_tenant(admin: httpx.Client, prefix: str = "t") -> tuple[str, str]:
+    """A fresh tenant (created with the admin client) and its first key."""
+    tenant = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    r = admin.post("/v1/tenants", json={"tenant": tenant})
+    assert r.status_code == 201, r.text
+    return tenant, r.json()["api_key"]

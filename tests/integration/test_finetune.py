@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import io
 import json
-import uuid
 
-import httpx
 import pytest
 
+from tests.integration import helpers
 from tests.integration.data import split
 from tests.integration.jobs import wait_job
 
@@ -21,9 +20,7 @@ def client(server):
 
 
 def new_tenant(client) -> str:
-    tenant = f"ft-{uuid.uuid4().hex[:8]}"
-    assert client.post("/v1/tenants", json={"tenant": tenant}).status_code == 201
-    return tenant
+    return helpers.new_tenant(client, "ft")[0]
 
 
 def accuracy(client, tenant: str, adapter: str) -> tuple[float, int]:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
-import httpx
 import pytest
 
+from tests.integration import helpers
 from tests.integration.helpers import add_zero_shot_version
 
 LABELS = ["refund", "shipping", "account"]
@@ -27,9 +26,7 @@ def client(server):
 
 
 def new_tenant(client) -> str:
-    tenant = f"t-{uuid.uuid4().hex[:8]}"
-    assert client.post("/v1/tenants", json={"tenant": tenant}).status_code == 201
-    return tenant
+    return helpers.new_tenant(client, "t")[0]
 
 
 def test_zero_shot_adapter_serves_at_once(client):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import re
 
-import httpx
 import numpy as np
 import pytest
 

@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 
-import httpx
-import pytest
 from sqlalchemy import create_engine, select
 
 from adapters.jobs import JobQueue, JobRow

@@ -18,7 +18,7 @@ from adapters.registry import VersionRow, normalise_url
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
 from tests.integration.data import split
-from tests.integration.helpers import add_zero_shot_version
+from tests.integration.helpers import add_zero_shot_version, new_tenant
 from tests.integration.jobs import wait_job
 from tests.integration.server import Server
 
@@ -32,10 +32,7 @@ def admin(server):
 
 
 def make_tenant(admin) -> tuple[str, str]:
-    name = f"s-{uuid.uuid4().hex[:8]}"
-    r = admin.post("/v1/tenants", json={"tenant": name})
-    assert r.status_code == 201
-    key = r.json()["api_key"]
+    name, key = new_tenant(admin, "s")
     assert key.startswith("graft_")
     return name, key
 
