@@ -165,3 +165,16 @@ def test_body_over_the_upload_limit_is_413(client):
     big = [{"text": "x" * 1000, "label": f"l{i % 2}"} for i in range(1200)]  # ~1.3 MB
     r = client.post("/v1/finetune", json={"tenant": tenant, "examples": big})
     assert r.status_code == 413 and "GRAFT_MAX_UPLOAD_MB" in r.json()["error"]["message"]
+
+
+def test_few_shot_beats_zero_shot(client):
+    """Three examples per class (two to train, one to validate) already beat the label names."""
+    tenant = new_tenant(client)
+    few = [e for label in ("team-1", "team-2", "team-3") for e in [x for x in TRAIN if x["label"] == label][:3]]
+    client.post("/v1/adapters", json={"tenant": tenant, "adapter": "zs", "labels": ["team-1", "team-2", "team-3"]})
+    job = client.post("/v1/finetune", json={"tenant": tenant, "adapter": "few", "examples": few}).json()
+    done = wait_job(client, job["job_id"])
+    assert done["status"] == "succeeded", done
+    tuned, _ = accuracy(client, tenant, "few")
+    zero, _ = accuracy(client, tenant, "zs")
+    assert tuned > zero, (tuned, zero)

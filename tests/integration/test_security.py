@@ -166,7 +166,8 @@ def test_limits(graft_home, tmp_path):
     """Rate limit (429 + Retry-After), adapters per tenant, jobs per tenant, body size."""
     srv = Server(graft_home, tmp_path / "s.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
                  GRAFT_RATE_LIMIT_RPS="2", GRAFT_RATE_LIMIT_BURST="3", GRAFT_MAX_ADAPTERS_PER_TENANT="2",
-                 GRAFT_MAX_TENANT_JOBS="1", GRAFT_MAX_BODY_MB="0.01", GRAFT_TRAIN_WORKERS="0").start()
+                 GRAFT_MAX_TENANT_JOBS="1", GRAFT_MAX_BODY_MB="0.01", GRAFT_TRAIN_WORKERS="0",
+                 GRAFT_MAX_TRAIN_EXAMPLES="10", GRAFT_MAX_TEXT_CHARS="100").start()
     try:
         admin = srv.client()
         tenant, key = make_tenant(admin)
@@ -194,6 +195,10 @@ def test_limits(graft_home, tmp_path):
 
         r = admin.post("/v1/embed", json={"inputs": ["x" * 20_000]})
         assert r.status_code == 413 and "GRAFT_MAX_BODY_MB" in r.json()["error"]["message"]
+        r = admin.post("/v1/embed", json={"inputs": ["y" * 101]})
+        assert r.status_code == 413 and "GRAFT_MAX_TEXT_CHARS" in r.json()["error"]["message"]
+        r = admin.post("/v1/finetune", json={"tenant": tenant, "adapter": "a1", "examples": TRAIN[:12]})
+        assert r.status_code == 413 and "GRAFT_MAX_TRAIN_EXAMPLES" in r.json()["error"]["message"]
     finally:
         srv.stop()
 
