@@ -182,6 +182,11 @@ class JobQueue:
                 self._event(s, job_id, "cancel_requested", {})
             return _job(row)
 
+    def counts(self) -> dict[str, int]:
+        """Jobs per status, across every replica sharing the registry."""
+        with self._session() as s:
+            return dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
+
     def queued(self) -> int:
         with self._session() as s:
             return int(s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued")))

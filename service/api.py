@@ -7,6 +7,7 @@ after the server is up, never at import, so /livez answers at once and /readyz l
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -15,6 +16,7 @@ import bentoml
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import metrics
 from service.engine import Engine
 from service.grpc_server import GrpcServer
 from service.http import app
@@ -89,6 +91,14 @@ class Graft:
 
     def __is_ready__(self) -> bool:
         return self.engine.ready
+
+    async def __metrics__(self, content: str) -> str:
+        """BentoML's and our metrics, plus the registry's jobs by status."""
+        try:
+            counts = await asyncio.to_thread(self.engine.jobs.counts)
+        except Exception:  # the registry is away: the rest of /metrics still answers
+            return content
+        return content + metrics.jobs_by_status(counts)
 
 
 Graft.add_asgi_middleware(ReadyzMiddleware)

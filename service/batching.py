@@ -25,10 +25,15 @@ R = TypeVar("R")
 class _Chunk(Generic[T, R]):
     items: list[T]
     future: asyncio.Future[Sequence[R]] = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher(Generic[T, R]):
-    """`run(items)` returns one result per item, in order; it runs in a worker thread."""
+    """`run(items)` returns one result per item, in order; it runs in a worker thread.
+
+    `on_batch(items, seconds, queue_waits)` reports each pass: its size, how long it ran,
+    and how long each request's items waited in the queue before it started.
+    """
 
     def __init__(
         self,
@@ -37,7 +42,7 @@ class MicroBatcher(Generic[T, R]):
         *,
         max_size: int,
         max_wait_s: float,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -89,6 +94,7 @@ class MicroBatcher(Generic[T, R]):
                 continue
             items = [item for chunk in batch for item in chunk.items]
             started = time.perf_counter()
+            waits = [started - chunk.queued_at for chunk in batch]
             try:
                 result = await loop.run_in_executor(self._executor, self._run, items)
             except Exception as e:  # a failed pass fails its requests, not the loop
@@ -98,7 +104,7 @@ class MicroBatcher(Generic[T, R]):
                         chunk.future.set_exception(e)
                 continue
             if self._on_batch is not None:
-                self._on_batch(len(items), time.perf_counter() - started)
+                self._on_batch(len(items), time.perf_counter() - started, waits)
             offset = 0
             for chunk in batch:
                 n = len(chunk.items)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,10 @@ class Row:
 
 def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
     """One backbone call for the whole batch, then one head call per distinct adapter."""
+    started = time.perf_counter()
     result = backbone.embed([w.item for w in work])
+    heads_started = time.perf_counter()
+    metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
     scores: list[np.ndarray | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}
     for i, w in enumerate(work):
@@ -61,6 +65,8 @@ def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
         assert head is not None
         for i, p in zip(rows, head.predict_proba(result.vectors[rows])):
             scores[i] = p
+    if groups:
+        metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
     return [Row(result.vectors[i], result.truncated[i], scores[i]) for i in range(len(work))]
 
 
@@ -138,7 +144,8 @@ class Engine:
             lambda work, b=backbone: backbone_pass(b, work),
             max_size=self.settings.batch_max_size,
             max_wait_s=self.settings.batch_max_wait_ms / 1000,
-            on_batch=lambda n, sec, name=backbone.id: metrics.observe_batch(name, n, sec),
+            on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
+                name, n, sec, waits, self.settings.batch_max_size),
         )
         metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision).set(1)
 

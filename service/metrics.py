@@ -20,7 +20,7 @@ backbone_batch_size = Histogram(
 )
 backbone_compute_seconds = Histogram(
     "graft_backbone_compute_seconds",
-    "Seconds of one backbone pass: preprocessing plus ONNX Runtime",
+    "Seconds of the backbone in one pass: preprocessing plus ONNX Runtime (heads excluded)",
     ["backbone"],
     buckets=COMPUTE_BUCKETS,
 )
@@ -32,9 +32,52 @@ backbone_info = Gauge(
 )
 
 
-def observe_batch(backbone: str, items: int, seconds: float) -> None:
+backbone_batch_fill = Histogram(
+    "graft_backbone_batch_fill", "Items per backbone pass as a fraction of GRAFT_BATCH_MAX_SIZE", ["backbone"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+)
+backbone_items = Counter("graft_backbone_items_total", "Items embedded (rate() gives items/s)", ["backbone"])
+queue_wait_seconds = Histogram(
+    "graft_queue_wait_seconds", "Seconds a request's items waited for their backbone pass", ["backbone"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+head_compute_seconds = Histogram(
+    "graft_head_compute_seconds", "Seconds of the adapter heads of one backbone pass", ["backbone"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025),
+)
+heads_per_batch = Histogram(
+    "graft_heads_per_batch", "Distinct adapters in one backbone pass (tenants mixed in a batch)", ["backbone"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+
+
+def observe_batch(backbone: str, items: int, seconds: float, waits: list[float], max_size: int) -> None:
+    """One micro-batch pass (its backbone and head parts are timed inside the pass)."""
     backbone_batch_size.labels(backbone).observe(items)
-    backbone_compute_seconds.labels(backbone).observe(seconds)
+    backbone_batch_fill.labels(backbone).observe(min(1.0, items / max_size))
+    backbone_items.labels(backbone).inc(items)
+    for wait in waits:
+        queue_wait_seconds.labels(backbone).observe(wait)
+
+
+finetune_job_seconds = Histogram(
+    "graft_finetune_job_seconds", "Seconds from a worker's claim to the job's end, by final status", ["status"],
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+
+def jobs_by_status(counts: dict[str, int]) -> str:
+    """Prometheus text for the jobs in the registry by status (computed at scrape time)."""
+    lines = ["# HELP graft_finetune_jobs Fine-tune jobs in the registry by status",
+             "# TYPE graft_finetune_jobs gauge"]
+    for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+        lines.append(f'graft_finetune_jobs{{status="{status}"}} {counts.get(status, 0)}')
+    return "\n".join(lines) + "\n"
+
+
+def observe_heads(backbone: str, adapters: int, seconds: float) -> None:
+    head_compute_seconds.labels(backbone).observe(seconds)
+    heads_per_batch.labels(backbone).observe(adapters)
 
 adapter_cache_requests = Counter(
     "graft_adapter_cache_requests_total", "Adapter lookups by result", ["result"]

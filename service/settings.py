@@ -35,6 +35,7 @@ class Settings(BaseSettings):
 
     train_workers: int = Field(1, ge=0, description="fine-tune worker processes started beside the service")
     train_threads: int = Field(1, ge=1, description="CPU threads per fine-tune worker")
+    train_metrics_port: int = Field(9100, ge=0, description="/metrics of a standalone trainer; 0 = off")
     train_nice: int = Field(10, ge=0, le=19, description="CPU priority offset of fine-tune workers")
     max_train_examples: int = Field(50_000, ge=2)
     max_queued_jobs: int = Field(100, ge=1, description="beyond this, POST /v1/finetune answers 429")

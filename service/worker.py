@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from adapters.jobs import Claimed, JobQueue, LeaseLost, worker_id
 from adapters.registry import NotFoundError, Registry, default_url
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone, load_backbone
+from service import metrics
 from service.settings import Settings
 
 log = logging.getLogger("service.worker")  # not __name__: it is __main__ under -m
@@ -61,19 +63,25 @@ class Worker:
         log.info("job %s: training %s/%s", claim.job.id, claim.job.tenant, claim.job.adapter)
         beat = _Heartbeat(self.queue, claim, self.settings.job_lease_s / 3)
         beat.start()
+        started, status = time.perf_counter(), "succeeded"
         try:
             self._train(claim, beat)
         except Cancelled:
-            self._finish(claim, "cancelled")
+            status = "cancelled"
+            self._finish(claim, status)
         except LeaseLost:
+            status = "lease_lost"
             log.warning("job %s: lease lost; another attempt owns it now", claim.job.id)
         except TrainingError as e:
-            self._finish(claim, "failed", e.code, str(e))
+            status = "failed"
+            self._finish(claim, status, e.code, str(e))
         except Exception as e:  # a bug must fail the job, not the worker
+            status = "failed"
             log.exception("job %s failed", claim.job.id)
-            self._finish(claim, "failed", "internal", f"{type(e).__name__}: {e}")
+            self._finish(claim, status, "internal", f"{type(e).__name__}: {e}")
         finally:
             beat.stop()
+            metrics.finetune_job_seconds.labels(status).observe(time.perf_counter() - started)
 
     def _finish(self, claim: Claimed, status: str, code: str | None = None, message: str | None = None) -> None:
         try:
@@ -282,6 +290,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(settings.train_threads)
+    if settings.train_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A standalone trainer (its own pod) serves its metrics itself; one started by the
+        # service writes them into the service's multiprocess directory instead.
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.train_metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

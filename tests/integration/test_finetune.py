@@ -178,3 +178,23 @@ def test_few_shot_beats_zero_shot(client):
     tuned, _ = accuracy(client, tenant, "few")
     zero, _ = accuracy(client, tenant, "zs")
     assert tuned > zero, (tuned, zero)
+
+
+def test_production_metrics(client, server):
+    """Queue wait, backbone and head compute, batch fill, items, cache, jobs: all on /metrics."""
+    tenant = new_tenant(client)
+    client.post("/v1/adapters", json={"tenant": tenant, "adapter": "m", "labels": ["a", "b"]})
+    client.post("/v1/predict", json={"tenant": tenant, "adapter": "m", "inputs": ["x", "y"]})
+    job = client.post("/v1/finetune", json={"tenant": tenant, "adapter": "m2", "examples": TRAIN,
+                                            "params": {"epochs": 5}}).json()
+    wait_job(client, job["job_id"])
+    text = client.get("/metrics").text
+    for family in ("graft_queue_wait_seconds_bucket", "graft_backbone_compute_seconds_bucket",
+                   "graft_head_compute_seconds_bucket", "graft_heads_per_batch_bucket",
+                   "graft_backbone_batch_fill_bucket", "graft_backbone_items_total",
+                   "graft_adapter_cache_requests_total", "graft_adapter_load_seconds_bucket",
+                   "graft_adapter_cache_resident_bytes", 'graft_finetune_jobs{status="succeeded"}',
+                   'graft_finetune_job_seconds_bucket{le="1.0",status="succeeded"}',
+                   'graft_backbone_info{backbone="minilm-l6",precision="int8",provider="CPUExecutionProvider"} 1.0',
+                   "graft_http_request_duration_seconds_bucket"):
+        assert family in text, family

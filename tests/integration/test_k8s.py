@@ -17,7 +17,7 @@ from service.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["cpu", "gpu", "dev"]
 K8S_VERSION = "1.33.0"
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
 
 
 def render(overlay: str) -> list[dict]:
@@ -79,6 +79,9 @@ def test_manifests_match_what_the_service_serves_and_reads(manifests, server):
     assert set(env_of(trainer, docs)) <= known
     module = trainer["command"][-1]
     assert callable(importlib.import_module(module).main)
+    trainer_env = env_of(trainer, docs)
+    assert {p["name"]: p["containerPort"] for p in trainer["ports"]} == {"metrics": int(trainer_env["GRAFT_TRAIN_METRICS_PORT"])}
+    assert find(docs, "PodMonitor", "graft-trainer")["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
     for deployment in ("graft-api", "graft-trainer"):
         spec = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
@@ -109,5 +112,5 @@ def test_dashboard_queries_name_real_metrics():
     dashboard = json.loads((ROOT / "k8s/base/dashboards/graft.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queried = {re.sub(r"_(bucket|sum|count|total)$", "", m) for e in exprs for m in re.findall(r"graft_[a-z_]+", e)}
-    defined = {re.sub(r"_total$", "", name) for name in defined}
+    defined = {re.sub(r"_total$", "", name) for name in defined} | {"graft_finetune_jobs"}  # jobs_by_status()
     assert queried and queried <= defined, queried - defined
