@@ -28,8 +28,12 @@ class TcpProxy:
     def stop(self) -> None:
         """Refuse new connections and drop the open ones, as a dead database host would."""
         if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+            listener, self._listener = self._listener, None
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (Linux)
+            except OSError:
+                pass
+            listener.close()
         with self._lock:
             for conn in self._conns:
                 try:
@@ -44,6 +48,9 @@ class TcpProxy:
             try:
                 client, _ = listener.accept()
             except OSError:
+                return
+            if self._listener is not listener:  # accepted while being stopped
+                client.close()
                 return
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
