@@ -238,6 +238,17 @@ class _Heartbeat(threading.Thread):
         self._stop.set()
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM when the service process that started it dies, even by
+    kill -9, instead of living on as an orphan (its job's lease then expires and retries)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class WorkerPool:
     """Fine-tune worker processes beside the HTTP service, restarted when they die."""
 
@@ -253,7 +264,8 @@ class WorkerPool:
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="train-workers")
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=Path(__file__).resolve().parents[1])
+        proc = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=Path(__file__).resolve().parents[1],
+                                preexec_fn=_die_with_parent)
         log.info("started fine-tune worker pid %d", proc.pid)
         return proc
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "graft-test-admin-key"
@@ -97,13 +98,38 @@ class Server:
     def aio_channel(self, key: str | None = ADMIN_KEY) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.grpc_target, interceptors=[_AioMetadata(key)] if key else None)
 
+    def processes(self) -> list[psutil.Process]:
+        """The server and every process under it (BentoML starts its workers in their own
+        sessions, so a process group does not reach them)."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> None:
+        """kill -9 of the whole server, workers included."""
+        for p in self.processes():
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc:
+            self.proc.wait()
+
     def stop(self) -> None:
+        procs = self.processes()
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+                pass
+        gone, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:  # whatever a graceful stop left behind
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         if hasattr(self, "_log"):
             self._log.close()
