@@ -26,7 +26,10 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        name = "all" if r["Name"] == "Aggregated" else f"{r['Type']} {r['Name']}".strip()
+        if r["Name"] == "Aggregated":
+            name = "all"
+        else:
+            name = r["Name"] if r["Name"].startswith(r["Type"]) else f"{r['Type']} {r['Name']}"
         lines.append(f"| {name} | {r['Request Count']} | {r['Failure Count']} | {float(r['Requests/s']):.1f} | "
                      f"{r['50%']} | {r['95%']} | {r['99%']} |")
     table = "\n".join(lines)
