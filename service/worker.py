@@ -307,7 +307,10 @@ def main() -> None:
         # service writes them into the service's multiprocess directory instead.
         from prometheus_client import start_http_server
 
-        start_http_server(settings.train_metrics_port)
+        try:
+            start_http_server(settings.train_metrics_port)
+        except OSError as e:  # another worker on this host has the port: train without it
+            log.warning("metrics port %d unavailable (%s); set GRAFT_TRAIN_METRICS_PORT", settings.train_metrics_port, e)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

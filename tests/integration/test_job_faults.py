@@ -72,7 +72,7 @@ def test_two_workers_on_one_postgres_never_run_a_job_twice(graft_home, postgres_
     queue = JobQueue(registry)
     registry.create_tenant("pg-jobs")
     env = {**os.environ, "GRAFT_HOME": str(graft_home), "GRAFT_DATABASE_URL": postgres_database,
-           "GRAFT_JOB_POLL_MS": "100"}
+           "GRAFT_JOB_POLL_MS": "100", "GRAFT_TRAIN_METRICS_PORT": "0"}
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
     workers = [
         subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=ROOT, env=env,
