@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import psutil
 
-from loadtests.bench_embed import write
+from loadtests.common import predict_load, publish
 from loadtests.data import rotten_tomatoes
 
 BEGIN, END = "<!-- bench_adapters:begin -->", "<!-- bench_adapters:end -->"
@@ -36,31 +34,6 @@ def tree_rss(pid: int) -> int:
 def zipf_weights(n: int, s: float = 1.1) -> list[float]:
     w = [1 / (k ** s) for k in range(1, n + 1)]
     return [x / sum(w) for x in w]
-
-
-async def load(url: str, texts: list[str], pick_tenant, seconds: float, clients: int = 8, per_request: int = 16):
-    done, errors, lat = 0, 0, []
-    from tests.integration.server import ADMIN_KEY, bearer
-
-    async with httpx.AsyncClient(base_url=url, timeout=60, headers=bearer(ADMIN_KEY)) as client:
-        async def worker(wid: int, until: float, record: bool) -> None:
-            nonlocal done, errors
-            rng = random.Random(wid)
-            while time.perf_counter() < until:
-                start = rng.randrange(len(texts) - per_request)
-                t = time.perf_counter()
-                r = await client.post("/v1/predict", json={"tenant": pick_tenant(rng), "adapter": "default",
-                                                           "inputs": texts[start : start + per_request]})
-                if record:
-                    lat.append(time.perf_counter() - t)
-                    if r.status_code == 200:
-                        done += per_request
-                    else:
-                        errors += 1
-        await asyncio.gather(*(worker(w, time.perf_counter() + 1.0, False) for w in range(clients)))
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(w, t0 + seconds, True) for w in range(clients)))
-        return done / (time.perf_counter() - t0), statistics.median(lat) * 1000, errors
 
 
 def main() -> None:
@@ -111,9 +84,9 @@ def main() -> None:
             hundred, weights100 = tenants[:100], zipf_weights(100)
             for t in hundred:  # warm: throughput, not cold loads, is measured here
                 client.post("/v1/predict", json={"tenant": t, "inputs": ["warm"]})
-            one_rate, one_p50, e1 = asyncio.run(load(server.url, texts, lambda r: tenants[0], args.seconds))
-            zipf_rate, zipf_p50, e2 = asyncio.run(load(server.url, texts, lambda r: r.choices(hundred, weights100)[0], args.seconds))
-            one_rate2, one_p50_2, e3 = asyncio.run(load(server.url, texts, lambda r: tenants[0], args.seconds))
+            one_rate, one_p50, e1 = asyncio.run(predict_load(server.url, texts, lambda r: tenants[0], args.seconds))
+            zipf_rate, zipf_p50, e2 = asyncio.run(predict_load(server.url, texts, lambda r: r.choices(hundred, weights100)[0], args.seconds))
+            one_rate2, one_p50_2, e3 = asyncio.run(predict_load(server.url, texts, lambda r: tenants[0], args.seconds))
             one_rate, one_p50 = (one_rate + one_rate2) / 2, (one_p50 + one_p50_2) / 2
             print(f"one tenant {one_rate:.1f}/s, 100 Zipf tenants {zipf_rate:.1f}/s", flush=True)
             if e1 + e2 + e3:
@@ -173,9 +146,7 @@ def main() -> None:
          f"{args.seconds:.0f} s per run (one-tenant runs before and after the Zipf run, averaged).", "",
          "| measure | result |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
     )
-    print("\n" + table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -9,67 +9,19 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
-import httpx
 
+from loadtests.common import http_load, measure, publish
 from loadtests.data import rotten_tomatoes
 
 BEGIN, END = "<!-- bench_embed:begin -->", "<!-- bench_embed:end -->"
 
 
-def measure(fn: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float) -> tuple[float, float]:
-    """(sentences/s, p50 ms per call) calling fn on consecutive batches for `seconds`."""
-    for i in range(3):
-        fn(texts[i * batch : (i + 1) * batch])
-    lat: list[float] = []
-    done = 0
-    start = time.perf_counter()
-    i = 0
-    while time.perf_counter() - start < seconds:
-        chunk = [texts[(i * batch + k) % len(texts)] for k in range(batch)]
-        t = time.perf_counter()
-        fn(chunk)
-        lat.append(time.perf_counter() - t)
-        done += batch
-        i += 1
-    return done / (time.perf_counter() - start), statistics.median(lat) * 1000
-
-
-async def _http_load(url: str, texts: list[str], per_request: int, clients: int, seconds: float) -> tuple[float, float, int]:
-    lat: list[float] = []
-    errors = 0
-    done = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    from tests.integration.server import ADMIN_KEY, bearer
-
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=bearer(ADMIN_KEY)) as client:
-        async def worker(wid: int, until: float, record: bool) -> None:
-            nonlocal errors, done
-            i = wid
-            while time.perf_counter() < until:
-                chunk = [texts[(i * per_request + k) % len(texts)] for k in range(per_request)]
-                t = time.perf_counter()
-                r = await client.post("/v1/embed", json={"inputs": chunk})
-                if record:
-                    lat.append(time.perf_counter() - t)
-                    if r.status_code != 200:
-                        errors += 1
-                    else:
-                        done += per_request
-                i += clients
-
-        warm = time.perf_counter() + 1.5
-        await asyncio.gather(*(worker(w, warm, False) for w in range(clients)))
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(w, start + seconds, True) for w in range(clients)))
-        elapsed = time.perf_counter() - start
-    return done / elapsed, statistics.median(lat) * 1000, errors
+def window(texts: list[str], start: int, n: int) -> list[str]:
+    return [texts[(start + k) % len(texts)] for k in range(n)]
 
 
 def main() -> None:
@@ -115,7 +67,9 @@ def main() -> None:
         server = Server(settings.home, Path(logs) / "server.log", GRAFT_PRECISION="int8", GRAFT_PROVIDER="cpu").start()
         try:
             for per_request, clients in ((1, 32), (16, 8), (32, 4)):
-                rate, p50, errors = asyncio.run(_http_load(server.url, texts, per_request, clients, args.seconds))
+                rate, p50, errors = asyncio.run(http_load(
+                    server.url, "/v1/embed", lambda rng, n, k=per_request: {"inputs": window(texts, n * k, k)},
+                    per_request, args.seconds, clients, warmup_s=1.5))
                 label = f"{per_request} texts/request, {clients} clients"
                 rows.append(("service over HTTP (int8)", label, rate, p50))
                 print(f"service {label}: {rate:7.1f} sentences/s  p50 {p50:7.1f} ms  errors {errors}", flush=True)
@@ -125,10 +79,7 @@ def main() -> None:
             server.stop()
 
     ceiling = max(r[2] for r in rows if r[0] == "ORT int8")  # the best raw figure, whichever batch
-    table = render(rows, ceiling)
-    print("\n" + table)
-    if args.out:
-        write(args.out, table)
+    publish(render(rows, ceiling), args.out, BEGIN, END)
 
 
 def render(rows: list[tuple[str, str, float, float]], ceiling: float) -> str:
@@ -148,17 +99,6 @@ def render(rows: list[tuple[str, str, float, float]], ceiling: float) -> str:
     for name, load, rate, p50 in rows:
         lines.append(f"| {name} | {load} | {rate:.1f} | {p50:.1f} | {rate / ceiling:.2f} |")
     return "\n".join(lines)
-
-
-def write(path: Path, table: str, begin: str = BEGIN, end: str = END) -> None:
-    """Replace the block between the markers (or append it) in a markdown file."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{table}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":

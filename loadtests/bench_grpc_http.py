@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.bench_embed import write
+from loadtests.common import publish
 
 BEGIN, END = "<!-- bench_grpc_http:begin -->", "<!-- bench_grpc_http:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,9 +67,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['rps']:.1f} | {r['rps'] * texts:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | "
                      f"{r['failures']:.0f} of {r['requests']:.0f} | {r['rps'] / http['rps']:.2f} |")
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadtests.bench_embed import measure, write
+from loadtests.common import measure, publish
 from loadtests.data import rotten_tomatoes
 
 BEGIN, END = "<!-- bench_int8:begin -->", "<!-- bench_int8:end -->"
@@ -70,9 +70,7 @@ def main() -> None:
             )
             print(lines[-1], flush=True)
     table = "\n".join(lines)
-    print("\n" + table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

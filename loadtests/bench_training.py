@@ -8,8 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.bench_adapters import load
-from loadtests.bench_embed import write
+from loadtests.common import predict_load, publish
 from loadtests.data import rotten_tomatoes
 
 BEGIN, END = "<!-- bench_training:begin -->", "<!-- bench_training:end -->"
@@ -35,12 +34,12 @@ def main() -> None:
             c = server.client()
             c.post("/v1/tenants", json={"tenant": "bench"})
             c.post("/v1/adapters", json={"tenant": "bench", "labels": ["fresh", "rotten"]})
-            idle, idle_p50, e1 = asyncio.run(load(server.url, texts, lambda r: "bench", args.seconds))
+            idle, idle_p50, e1 = asyncio.run(predict_load(server.url, texts, lambda r: "bench", args.seconds))
             job = c.post("/v1/finetune", json={"tenant": "bench", "adapter": "tuned", "examples": examples,
                                                "params": {"epochs": 1000, "patience": 1000}}).json()
             while c.get(f"/v1/jobs/{job['job_id']}").json()["progress"] < 0.25:  # into the epochs
                 time.sleep(0.2)
-            busy, busy_p50, e2 = asyncio.run(load(server.url, texts, lambda r: "bench", args.seconds))
+            busy, busy_p50, e2 = asyncio.run(predict_load(server.url, texts, lambda r: "bench", args.seconds))
             state = c.get(f"/v1/jobs/{job['job_id']}").json()
             c.post(f"/v1/jobs/{job['job_id']}/cancel")
         finally:
@@ -55,9 +54,7 @@ def main() -> None:
         f"| idle | {idle:.1f} | {idle_p50:.0f} | {e1} | 1.00 |",
         f"| training (progress {state['progress']:.2f} at the end) | {busy:.1f} | {busy_p50:.0f} | {e2} | {busy / idle:.2f} |",
     ])
-    print(table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import csv
 from datetime import datetime, timezone
 from pathlib import Path
 
-from loadtests.bench_embed import write
+from loadtests.common import publish
 
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 
@@ -33,9 +33,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['Request Count']} | {r['Failure Count']} | {float(r['Requests/s']):.1f} | "
                      f"{r['50%']} | {r['95%']} | {r['99%']} |")
     table = "\n".join(lines)
-    print(table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

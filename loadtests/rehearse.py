@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from loadtests.bench_embed import write
+from loadtests.common import publish
 
 BEGIN, END = "<!-- rehearsal:begin -->", "<!-- rehearsal:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def rehearse(database_url: str, home: Path, logs: Path, load_seconds: float = 6.
     try:
         for r in replicas:
             r.start()
-        one, two = replicas[0].client(), replicas[1].client()
+        one = replicas[0].client()
         key = one.post("/v1/tenants", json={"tenant": "rehearsal"}).json()["api_key"]
         t1, t2 = replicas[0].client(key), replicas[1].client(key)
         examples = [{"text": t, "label": label} for t, label in TICKETS * 2]
@@ -128,9 +128,7 @@ def main() -> None:
         f"| predictions/s on replica 2 after replica 1 was killed with -9 | {f['rps_after']:.1f} ({f['failed_survivor']} failed) |",
         f"| requests to the killed replica after the kill: failed / served (in flight) | {f['failed_killed']} / {f['served_by_killed']} |",
     ])
-    print(table)
-    if args.out:
-        write(args.out, table, BEGIN, END)
+    publish(table, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

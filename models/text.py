@@ -69,6 +69,8 @@ class TextBackbone(Backbone):
         return None
 
     def embed(self, items: list[Any]) -> EmbedResult:
+        if not items:
+            return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
         ids, mask, truncated = self._tokenizer.encode(items)
         # Sorting by token count keeps similar lengths together, so sub-batches pad little.
         lengths = mask.sum(1)

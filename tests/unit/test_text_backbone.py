@@ -41,6 +41,11 @@ def test_batch_equals_one_by_one_in_input_order(backbone):
     assert np.abs(together - alone).max() < 1e-4
 
 
+def test_empty_batch(backbone):
+    result = backbone.embed([])
+    assert result.vectors.shape == (0, 384) and result.truncated == []
+
+
 def test_truncation_is_flagged_per_item(backbone):
     long_text = "token " * 300
     result = backbone.embed(["short", long_text, "x" * 10])

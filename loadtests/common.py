@@ -1,0 +1,98 @@
+"""What the benchmark scripts share: timing a function, loading the HTTP API with concurrent
+clients, and publishing a table into docs/BENCHMARKS.md between markers."""
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+
+def measure(fn: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float) -> tuple[float, float]:
+    """(sentences/s, p50 ms per call) calling fn on consecutive batches for `seconds`."""
+    def chunk_at(i: int) -> list[str]:
+        return [texts[(i * batch + k) % len(texts)] for k in range(batch)]
+
+    for i in range(3):
+        fn(chunk_at(i))
+    lat: list[float] = []
+    done = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        chunk = chunk_at(i)
+        t = time.perf_counter()
+        fn(chunk)
+        lat.append(time.perf_counter() - t)
+        done += batch
+        i += 1
+    return done / (time.perf_counter() - start), statistics.median(lat) * 1000
+
+
+async def http_load(
+    url: str, path: str, body: Callable[[random.Random, int], dict[str, Any]], items_per_request: int,
+    seconds: float, clients: int = 8, warmup_s: float = 1.0,
+) -> tuple[float, float, int]:
+    """(items/s, p50 ms per request, failed requests) with `clients` concurrent clients.
+
+    `body(rng, n)` makes the n-th request of a client; the admin key authenticates.
+    """
+    from tests.integration.server import ADMIN_KEY, bearer
+
+    done, errors, lat = 0, 0, []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=bearer(ADMIN_KEY)) as client:
+
+        async def worker(wid: int, until: float, record: bool) -> None:
+            nonlocal done, errors
+            rng, n = random.Random(wid), wid
+            while time.perf_counter() < until:
+                t = time.perf_counter()
+                r = await client.post(path, json=body(rng, n))
+                n += clients
+                if record:
+                    lat.append(time.perf_counter() - t)
+                    if r.status_code == 200:
+                        done += items_per_request
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker(w, time.perf_counter() + warmup_s, False) for w in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(w, start + seconds, True) for w in range(clients)))
+        return done / (time.perf_counter() - start), statistics.median(lat) * 1000, errors
+
+
+def predict_load(
+    url: str, texts: list[str], pick_tenant: Callable[[random.Random], str], seconds: float,
+    per_request: int = 16, clients: int = 8,
+):
+    """http_load of /v1/predict: consecutive texts, tenants drawn by `pick_tenant`."""
+
+    def body(rng: random.Random, n: int) -> dict[str, Any]:
+        start = rng.randrange(len(texts) - per_request)
+        return {"tenant": pick_tenant(rng), "adapter": "default", "inputs": texts[start : start + per_request]}
+
+    return http_load(url, "/v1/predict", body, per_request, seconds, clients)
+
+
+def write(path: Path, table: str, begin: str, end: str) -> None:
+    """Replace the block between the markers (or append it) in a markdown file."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{table}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def publish(table: str, out: Path | None, begin: str, end: str) -> None:
+    """Print the table, and write it into `out` between the markers when asked."""
+    print("\n" + table)
+    if out:
+        write(out, table, begin, end)
