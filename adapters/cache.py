@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from adapters.format import Adapter, AdapterFormatError, decode
+from adapters.format import Adapter, AdapterConfig, AdapterFormatError, decode
 from adapters.registry import NotFoundError, Registry, StoredVersion
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,6 @@ class AdapterCache:
         return adapter
 
     def _verify(self, stored: StoredVersion) -> Adapter:
-        from adapters.format import AdapterConfig
-
         config = AdapterConfig.from_json(stored.config)
         ref = self._backbones(config.backbone)
         if ref is None:

@@ -21,7 +21,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.format import AdapterConfig
-from adapters.registry import AdapterRow, Base, NotFoundError, QuotaExceeded, Registry, _utc
+from adapters.registry import AdapterRow, Base, NotFoundError, QuotaExceeded, Registry, utc
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -115,7 +115,7 @@ def _job(row: JobRow) -> Job:
     return Job(
         row.id, row.tenant_id, row.adapter, row.backbone, row.status, row.params, row.progress, row.metrics,
         row.version, row.promoted, row.error_code, row.error_message, row.attempts,
-        _utc(row.created_at).isoformat(), _utc(row.finished_at).isoformat() if row.finished_at else None,
+        utc(row.created_at).isoformat(), utc(row.finished_at).isoformat() if row.finished_at else None,
     )
 
 
@@ -128,14 +128,14 @@ class JobQueue:
         self.registry = registry
         self.lease_s = lease_s
         self.max_attempts = max_attempts
-        self._session = registry._session
+        self.session = registry.session
 
     # -- API side ----------------------------------------------------------------------
 
     def submit(self, tenant: str, adapter: str, backbone: str, examples: list[dict[str, str]],
                params: dict[str, Any], *, max_queued: int, max_per_tenant: int | None = None) -> Job:
-        with self._session.begin() as s:
-            Registry._tenant(s, tenant)
+        with self.session.begin() as s:
+            Registry.require_tenant(s, tenant)
             queued = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued"))
             if queued >= max_queued:
                 raise QueueFull(f"{queued} jobs are waiting; retry later")
@@ -154,25 +154,25 @@ class JobQueue:
             return _job(row)
 
     def get(self, job_id: str, tenant: str | None = None) -> Job:
-        with self._session() as s:
+        with self.session() as s:
             return _job(self._row(s, job_id, tenant))
 
     def list(self, tenant: str, limit: int = 100) -> list[Job]:
-        with self._session() as s:
-            Registry._tenant(s, tenant)
+        with self.session() as s:
+            Registry.require_tenant(s, tenant)
             rows = s.scalars(select(JobRow).where(JobRow.tenant_id == tenant)
                              .order_by(JobRow.created_at.desc()).limit(limit)).all()
             return [_job(r) for r in rows]
 
     def events(self, job_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
-        with self._session() as s:
+        with self.session() as s:
             self._row(s, job_id, tenant)
             rows = s.scalars(select(JobEventRow).where(JobEventRow.job_id == job_id).order_by(JobEventRow.id)).all()
-            return [{"n": n, "at": _utc(r.at).isoformat(), "kind": r.kind, **r.data} for n, r in enumerate(rows, 1)]
+            return [{"n": n, "at": utc(r.at).isoformat(), "kind": r.kind, **r.data} for n, r in enumerate(rows, 1)]
 
     def cancel(self, job_id: str, tenant: str | None = None) -> Job:
         """A queued job is cancelled at once; a running one at its worker's next check."""
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             row = self._row(s, job_id, tenant, lock=True)
             if row.status == "queued":
                 row.status, row.finished_at = "cancelled", _now()
@@ -184,11 +184,11 @@ class JobQueue:
 
     def counts(self) -> dict[str, int]:
         """Jobs per status, across every replica sharing the registry."""
-        with self._session() as s:
+        with self.session() as s:
             return dict(s.execute(select(JobRow.status, func.count()).group_by(JobRow.status)).all())
 
     def queued(self) -> int:
-        with self._session() as s:
+        with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued")))
 
     # -- worker side -------------------------------------------------------------------
@@ -196,7 +196,7 @@ class JobQueue:
     def claim(self, owner: str) -> Claimed | None:
         """Take the oldest claimable job: queued, or running with an expired lease."""
         self.expire()
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             candidate = (
                 select(JobRow.id)
                 .where(JobRow.status == "queued")
@@ -224,7 +224,7 @@ class JobQueue:
 
     def expire(self) -> None:
         """Jobs whose worker stopped renewing: retried, or failed after the last attempt."""
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             rows = s.scalars(
                 select(JobRow).where(JobRow.status == "running", JobRow.lease_expires_at < _now())
                 .with_for_update(skip_locked=True)
@@ -246,7 +246,7 @@ class JobQueue:
 
     def heartbeat(self, claim: Claimed, progress: float | None = None) -> bool:
         """Renew the lease; returns whether cancellation was requested. LeaseLost if not ours."""
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             row = self._owned(s, claim)
             row.lease_expires_at = _now() + timedelta(seconds=self.lease_s)
             if progress is not None:
@@ -254,13 +254,13 @@ class JobQueue:
             return row.cancel_requested
 
     def event(self, claim: Claimed, kind: str, data: dict[str, Any]) -> None:
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             self._owned(s, claim)
             self._event(s, claim.job.id, kind, data)
 
     def finish(self, claim: Claimed, status: str, *, error_code: str | None = None,
                error_message: str | None = None) -> None:
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             row = self._owned(s, claim)
             row.status, row.finished_at = status, _now()
             row.error_code, row.error_message = error_code, error_message
@@ -270,11 +270,11 @@ class JobQueue:
     def publish(self, claim: Claimed, config: AdapterConfig, weights: bytes, *, promote: bool,
                 metrics: dict[str, Any], decision: dict[str, Any], max_adapters: int | None = None) -> int:
         """Register the version, promote it (or not) and succeed the job: all or nothing."""
-        with self._session.begin() as s:
-            seq = Registry._bump(s)
+        with self.session.begin() as s:
+            seq = Registry.bump(s)
             row = self._owned(s, claim)
             tenant, name = row.tenant_id, row.adapter
-            Registry._tenant(s, tenant)
+            Registry.require_tenant(s, tenant)
             adapter = s.get(AdapterRow, (tenant, name))
             if adapter is None or adapter.deleted:
                 Registry.check_adapter_quota(s, tenant, max_adapters)
@@ -287,9 +287,9 @@ class JobQueue:
             version = adapter.next_version
             adapter.next_version = version + 1
             adapter.backbone = config.backbone
-            s.add(Registry._version_row(tenant, name, version, config, weights))
+            s.add(Registry.version_row(tenant, name, version, config, weights))
             if promote or adapter.active_version is None:
-                Registry._activate(adapter, version, seq)
+                Registry.activate(adapter, version, seq)
                 row.promoted = True
             row.version, row.metrics, row.progress = version, metrics, 1.0
             row.status, row.finished_at, row.lease_owner, row.lease_expires_at = "succeeded", _now(), None, None
@@ -302,7 +302,7 @@ class JobQueue:
     def cached_embeddings(self, fingerprint: str, texts: list[str]) -> dict[str, bytes]:
         keys = {text_key(t): t for t in texts}
         found: dict[str, bytes] = {}
-        with self._session() as s:
+        with self.session() as s:
             items = list(keys)
             for i in range(0, len(items), 500):
                 rows = s.execute(select(EmbeddingRow.text_sha256, EmbeddingRow.vector).where(
@@ -314,7 +314,7 @@ class JobQueue:
         """Insert, leaving rows another worker wrote meanwhile (same text, same vector)."""
         if not vectors:
             return
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             if s.bind.dialect.name == "postgresql":
                 from sqlalchemy.dialects.postgresql import insert
             else:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from sqlalchemy import DateTime, ForeignKey, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from adapters.registry import Base, NotFoundError, Registry, _utc
+from adapters.registry import Base, NotFoundError, Registry, utc
 
 PREFIX = "graft_"
 
@@ -56,21 +56,21 @@ def key_id_of(key: str) -> str | None:
 class KeyStore:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._session = registry._session
+        self.session = registry.session
 
     def issue(self, tenant: str) -> tuple[KeyInfo, str]:
         """A new key for the tenant; the plain key is returned once and never stored."""
         key_id = secrets.token_hex(6)
         key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-        with self._session.begin() as s:
-            Registry._tenant(s, tenant)
+        with self.session.begin() as s:
+            Registry.require_tenant(s, tenant)
             row = ApiKeyRow(id=key_id, tenant_id=tenant, key_hash=hash_key(key))
             s.add(row)
             s.flush()
-            return KeyInfo(key_id, tenant, _utc(row.created_at).isoformat(), False), key
+            return KeyInfo(key_id, tenant, utc(row.created_at).isoformat(), False), key
 
     def revoke(self, tenant: str, key_id: str) -> None:
-        with self._session.begin() as s:
+        with self.session.begin() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None or row.tenant_id != tenant:
                 raise NotFoundError(f"tenant {tenant!r} has no key {key_id!r}")
@@ -78,17 +78,17 @@ class KeyStore:
                 row.revoked_at = _now()
 
     def list(self, tenant: str) -> list[KeyInfo]:
-        with self._session() as s:
-            Registry._tenant(s, tenant)
+        with self.session() as s:
+            Registry.require_tenant(s, tenant)
             rows = s.scalars(select(ApiKeyRow).where(ApiKeyRow.tenant_id == tenant).order_by(ApiKeyRow.created_at)).all()
-            return [KeyInfo(r.id, r.tenant_id, _utc(r.created_at).isoformat(), r.revoked_at is not None) for r in rows]
+            return [KeyInfo(r.id, r.tenant_id, utc(r.created_at).isoformat(), r.revoked_at is not None) for r in rows]
 
     def verify(self, key: str) -> str | None:
         """The tenant a live key belongs to, or None."""
         key_id = key_id_of(key)
         if key_id is None:
             return None
-        with self._session() as s:
+        with self.session() as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None or row.revoked_at is not None:
                 hmac.compare_digest(hash_key(key), "0" * 64)  # same work whether or not the id exists

@@ -47,7 +47,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
@@ -164,7 +164,7 @@ class Registry:
             from adapters.migrations import upgrade
 
             upgrade(self.engine)
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -172,8 +172,8 @@ class Registry:
     # -- writes (each one transaction, serialised by the sequence row) ---------------
 
     def create_tenant(self, tenant: str) -> None:
-        with self._session.begin() as s:
-            self._bump(s)
+        with self.session.begin() as s:
+            self.bump(s)
             if s.get(TenantRow, tenant) is not None:
                 raise ConflictError(f"tenant {tenant!r} exists already")
             s.add(TenantRow(id=tenant))
@@ -181,9 +181,9 @@ class Registry:
     def create_adapter(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes,
                        *, max_adapters: int | None = None) -> int:
         """A new adapter whose version 1 (or the next number, if the name was deleted) is active."""
-        with self._session.begin() as s:
-            seq = self._bump(s)
-            self._tenant(s, tenant)
+        with self.session.begin() as s:
+            seq = self.bump(s)
+            self.require_tenant(s, tenant)
             row = s.get(AdapterRow, (tenant, adapter))
             if row is not None and not row.deleted:
                 raise ConflictError(
@@ -197,35 +197,35 @@ class Registry:
             row.backbone, row.deleted, row.history, row.seq = config.backbone, False, [], seq
             row.next_version = version + 1
             row.active_version = version
-            s.add(self._version_row(tenant, adapter, version, config, weights))
+            s.add(self.version_row(tenant, adapter, version, config, weights))
             return version
 
     def add_version(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes, *, activate: bool) -> int:
-        with self._session.begin() as s:
-            seq = self._bump(s)
+        with self.session.begin() as s:
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             version = row.next_version
             row.next_version = version + 1
-            s.add(self._version_row(tenant, adapter, version, config, weights))
+            s.add(self.version_row(tenant, adapter, version, config, weights))
             if activate:
-                self._activate(row, version, seq)
+                self.activate(row, version, seq)
             return version
 
     def promote(self, tenant: str, adapter: str, version: int) -> int:
-        with self._session.begin() as s:
-            seq = self._bump(s)
+        with self.session.begin() as s:
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             if s.get(VersionRow, (tenant, adapter, version)) is None:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
             if row.active_version == version:
                 return version
-            self._activate(row, version, seq)
+            self.activate(row, version, seq)
             return version
 
     def rollback(self, tenant: str, adapter: str) -> int:
         """Make the previously active version active again."""
-        with self._session.begin() as s:
-            seq = self._bump(s)
+        with self.session.begin() as s:
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             if not row.history:
                 raise ConflictError(f"adapter {adapter!r} has no earlier active version to roll back to")
@@ -236,8 +236,8 @@ class Registry:
             return row.active_version
 
     def delete_adapter(self, tenant: str, adapter: str) -> None:
-        with self._session.begin() as s:
-            seq = self._bump(s)
+        with self.session.begin() as s:
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             s.execute(delete(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter))
             row.deleted, row.active_version, row.history, row.seq = True, None, [], seq
@@ -245,12 +245,12 @@ class Registry:
     # -- reads -----------------------------------------------------------------------
 
     def tenant_exists(self, tenant: str) -> bool:
-        with self._session() as s:
+        with self.session() as s:
             return s.get(TenantRow, tenant) is not None
 
     def list_adapters(self, tenant: str) -> list[AdapterInfo]:
-        with self._session() as s:
-            self._tenant(s, tenant)
+        with self.session() as s:
+            self.require_tenant(s, tenant)
             rows = s.scalars(
                 select(AdapterRow).where(AdapterRow.tenant_id == tenant, AdapterRow.deleted.is_(False)).order_by(AdapterRow.name)
             ).all()
@@ -264,7 +264,7 @@ class Registry:
             return [AdapterInfo(tenant, r.name, r.backbone, r.active_version, counts.get(r.name, 0)) for r in rows]
 
     def list_versions(self, tenant: str, adapter: str) -> list[VersionInfo]:
-        with self._session() as s:
+        with self.session() as s:
             row = self._adapter(s, tenant, adapter)
             versions = s.execute(
                 select(VersionRow.version, VersionRow.config, VersionRow.created_at)
@@ -272,20 +272,20 @@ class Registry:
                 .order_by(VersionRow.version)
             ).all()
             return [
-                VersionInfo(v, _utc(created).isoformat(), v == row.active_version, AdapterConfig.from_json(cfg))
+                VersionInfo(v, utc(created).isoformat(), v == row.active_version, AdapterConfig.from_json(cfg))
                 for v, cfg, created in versions
             ]
 
     def active(self, tenant: str, adapter: str) -> tuple[StoredVersion, list[int]]:
         """The active version's bytes and the earlier active versions (most recent last)."""
-        with self._session() as s:
+        with self.session() as s:
             row = self._adapter(s, tenant, adapter)
             if row.active_version is None:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no active version")
             return self._stored(s, tenant, adapter, row.active_version), list(row.history)
 
     def get_version(self, tenant: str, adapter: str, version: int) -> StoredVersion:
-        with self._session() as s:
+        with self.session() as s:
             return self._stored(s, tenant, adapter, version)
 
     def watermark(self) -> int:
@@ -293,7 +293,7 @@ class Registry:
             return int(c.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
 
     def changes_since(self, seq: int) -> list[Change]:
-        with self._session() as s:
+        with self.session() as s:
             rows = s.execute(
                 select(AdapterRow.tenant_id, AdapterRow.name, AdapterRow.active_version, AdapterRow.deleted, AdapterRow.seq)
                 .where(AdapterRow.seq > seq)
@@ -304,7 +304,7 @@ class Registry:
     # -- helpers ---------------------------------------------------------------------
 
     @staticmethod
-    def _bump(s: Session) -> int:
+    def bump(s: Session) -> int:
         """Take the writers' lock (the sequence row) and return the new sequence number."""
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))
         return int(s.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
@@ -321,28 +321,28 @@ class Registry:
             )
 
     @staticmethod
-    def _tenant(s: Session, tenant: str) -> TenantRow:
+    def require_tenant(s: Session, tenant: str) -> TenantRow:
         row = s.get(TenantRow, tenant)
         if row is None:
             raise NotFoundError(f"unknown tenant {tenant!r}")
         return row
 
     def _adapter(self, s: Session, tenant: str, adapter: str) -> AdapterRow:
-        self._tenant(s, tenant)
+        self.require_tenant(s, tenant)
         row = s.get(AdapterRow, (tenant, adapter))
         if row is None or row.deleted:
             raise NotFoundError(f"tenant {tenant!r} has no adapter {adapter!r}")
         return row
 
     @staticmethod
-    def _activate(row: AdapterRow, version: int, seq: int) -> None:
+    def activate(row: AdapterRow, version: int, seq: int) -> None:
         if row.active_version is not None:
             row.history = [*row.history, row.active_version]
         row.active_version = version
         row.seq = seq
 
     @staticmethod
-    def _version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
+    def version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
         return VersionRow(
             tenant_id=tenant, adapter=adapter, version=version,
             config=config.to_json().decode(), weights=weights, sha256=config.weights_sha256,

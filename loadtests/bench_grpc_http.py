@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.common import publish
+from loadtests.common import LOAD_LABELS, load_tenants, publish
 
 BEGIN, END = "<!-- bench_grpc_http:begin -->", "<!-- bench_grpc_http:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def run_locust(user: str, server, seconds: int, users: int, out: Path) -> dict[s
     from tests.integration.server import ADMIN_KEY
 
     prefix = out / user
-    env = {**os.environ, "GRAFT_LOAD_KEY": ADMIN_KEY, "GRAFT_LOAD_GRPC": server.grpc_target}
+    env = {**os.environ, "GRAFT_LOAD_KEY": ADMIN_KEY, "GRAFT_LOAD_GRPC": server.grpc_target, "GRAFT_LOAD_SETUP": "0"}
     subprocess.run(
         [str(Path(sys.executable).with_name("locust")), "-f", str(ROOT / "loadtests/locustfile.py"), "--headless",
          "-u", str(users), "-r", str(users), "-t", f"{seconds}s", "--host", server.url, "--csv", str(prefix),
@@ -51,6 +51,10 @@ def main() -> None:
         server = Server(Settings().home, Path(tmp) / "server.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp}/r.db",
                         GRAFT_RATE_LIMIT_RPS="0", GRAFT_TRAIN_WORKERS="0").start()
         try:
+            with server.client() as c:  # the locust users' tenants, created outside the measured runs
+                for tenant in load_tenants(100):
+                    c.post("/v1/tenants", json={"tenant": tenant})
+                    c.post("/v1/adapters", json={"tenant": tenant, "labels": LOAD_LABELS})
             results = {user: run_locust(user, server, args.seconds, args.users, Path(tmp))
                        for user in ("HttpPredictUser", "GrpcPredictUser")}
         finally:

@@ -12,6 +12,14 @@ from typing import Any, Callable
 import httpx
 
 
+LOAD_LABELS = ["billing", "delivery", "technical", "praise"]
+
+
+def load_tenants(n: int) -> list[str]:
+    """The tenants the locust users draw from (loadtests/locustfile.py)."""
+    return [f"load-{i:03d}" for i in range(n)]
+
+
 def measure(fn: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float) -> tuple[float, float]:
     """(sentences/s, p50 ms per call) calling fn on consecutive batches for `seconds`."""
     def chunk_at(i: int) -> list[str]:

@@ -7,7 +7,8 @@ a trickle of fine-tune jobs.
 Environment: GRAFT_LOAD_KEY (the admin key: it may act for every tenant), GRAFT_LOAD_TENANTS
 (how many tenants, default 100; created with zero-shot adapters when missing),
 GRAFT_LOAD_GRPC (host:port of gRPC, default the HTTP host's with port 50051),
-GRAFT_LOAD_TEXTS (texts per request, default 16).
+GRAFT_LOAD_TEXTS (texts per request, default 16), GRAFT_LOAD_SETUP=0 (the tenants exist:
+skip creating them).
 """
 from __future__ import annotations
 
@@ -23,11 +24,13 @@ grpc_gevent.init_gevent()  # grpc's I/O must cooperate with locust's gevent loop
 import grpc  # noqa: E402
 from locust import FastHttpUser, User, between, constant, events, task  # noqa: E402
 
+from loadtests.common import LOAD_LABELS as LABELS  # noqa: E402
+from loadtests.common import load_tenants  # noqa: E402
 from service.proto.graft.v1 import graft_pb2 as pb  # noqa: E402
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc  # noqa: E402
 
 KEY = os.environ.get("GRAFT_LOAD_KEY", "")
-TENANTS = [f"load-{i:03d}" for i in range(int(os.environ.get("GRAFT_LOAD_TENANTS", "100")))]
+TENANTS = load_tenants(int(os.environ.get("GRAFT_LOAD_TENANTS", "100")))
 PER_REQUEST = int(os.environ.get("GRAFT_LOAD_TEXTS", "16"))
 ZIPF = [1 / (k**1.1) for k in range(1, len(TENANTS) + 1)]
 TEXTS = [
@@ -36,7 +39,6 @@ TEXTS = [
     "where is my invoice", "the product broke after a week", "love the new update", "shipping to Canada?",
     "the website is down", "cancel my subscription", "wrong item in the box", "two-factor codes fail",
 ]
-LABELS = ["billing", "delivery", "technical", "praise"]
 
 
 def auth() -> dict[str, str]:
@@ -56,6 +58,8 @@ def create_tenants(environment, **_kwargs):  # type: ignore[no-untyped-def]
     """Tenants with a zero-shot `default` adapter each, unless they exist already."""
     import httpx
 
+    if os.environ.get("GRAFT_LOAD_SETUP", "1") == "0":
+        return
     with httpx.Client(base_url=environment.host, headers=auth(), timeout=60) as c:
         for tenant in TENANTS:
             c.post("/v1/tenants", json={"tenant": tenant})
