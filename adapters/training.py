@@ -31,6 +31,7 @@ class TrainParams:
     val_fraction: float = 0.2
     seed: int = 0
     continual: bool = False
+    augment: int = 0  # image backbones: augmented copies per training example (the worker makes them)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

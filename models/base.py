@@ -12,6 +12,14 @@ from typing import Any
 import numpy as np
 
 
+class ItemError(ValueError):
+    """One raw item this backbone cannot embed; the message says why."""
+
+    def __init__(self, reason: str, *, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.too_large = too_large  # a size limit (HTTP 413) rather than a malformed item (400)
+
+
 @dataclass(frozen=True)
 class EmbedResult:
     """Embeddings for a list of items, in order, plus which items were cut to fit."""
@@ -31,12 +39,15 @@ class Backbone(ABC):
     precision: str  # "fp32", "int8" or "fp16"
 
     @abstractmethod
-    def check_item(self, item: Any) -> str | None:
-        """Why this raw item cannot be embedded by this backbone, or None when it can."""
+    def prepare(self, item: Any) -> Any:
+        """Check one raw item and return what `embed` takes for it (text: the string;
+        image: the decoded, cropped pixels), or raise ItemError saying what is wrong.
+        Decoding can be slow: call it off the event loop for images."""
 
     @abstractmethod
     def embed(self, items: list[Any]) -> EmbedResult:
-        """Embed a batch in one ONNX Runtime pass. Blocking; call it from a worker thread."""
+        """Embed raw or prepared items in batched ONNX Runtime passes. Blocking; call it
+        from a worker thread."""
 
     def describe(self) -> dict[str, Any]:
         return {

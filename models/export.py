@@ -34,10 +34,27 @@ EXPORT_SETTINGS: dict[str, Any] = {
     "fp16": {"keep_io_types": True},
 }
 
+# Image CNNs: no transformer fusions; int8 is static (QDQ, scales calibrated once), since
+# dynamic quantisation would pick activation scales per call and couple a batch's rows.
+IMAGE_EXPORT_SETTINGS: dict[str, Any] = {
+    "format": 1,
+    "opset": 17,
+    "exporter": "torchscript",
+    # Clip (ReLU6) and Add must be listed: then a Conv's output is quantised over the
+    # ReLU6 range [0, 6] rather than its raw range (without them: mean cosine 0.79 to fp32).
+    "int8": {"format": "QDQ", "per_channel": True, "activation": "QUInt8", "weight": "QInt8",
+             "op_types": ["Conv", "Clip", "Add"], "calibration": "MinMax", "calibration_images": 48},
+    "fp16": {"keep_io_types": True},
+}
+
+
+def export_settings(spec: BackboneSpec) -> dict[str, Any]:
+    return IMAGE_EXPORT_SETTINGS if spec.kind == "image" else EXPORT_SETTINGS
+
 
 def library_versions() -> dict[str, str]:
     out = {}
-    for dist in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+    for dist in ("torch", "transformers", "efficientnet-lite-pytorch", "onnx", "onnxruntime", "onnxruntime-gpu"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -48,7 +65,7 @@ def library_versions() -> dict[str, str]:
 def artifact_key(spec: BackboneSpec) -> str:
     payload = {
         "fingerprint": spec.fingerprint,
-        "settings": EXPORT_SETTINGS,
+        "settings": export_settings(spec),
         "int8_exclude": list(spec.int8_exclude),
         "versions": library_versions(),
     }
@@ -81,7 +98,9 @@ def _build(spec: BackboneSpec, precision: str, folder: Path) -> None:
         with _atomic(raw) as tmp:
             export_onnx(spec, tmp)
         _write_manifest(spec, folder)
-    if precision == "fp32":
+    if spec.kind == "image":
+        _build_image(spec, precision, folder)
+    elif precision == "fp32":
         with _atomic(folder / "fp32.onnx") as tmp:
             _optimize(spec, raw, tmp, use_gpu=False)
     elif precision == "int8":
@@ -101,7 +120,7 @@ def _write_manifest(spec: BackboneSpec, folder: Path) -> None:
         "backbone": spec.id,
         "fingerprint": spec.fingerprint,
         "source": str(spec.path),
-        "settings": EXPORT_SETTINGS,
+        "settings": export_settings(spec),
         "int8_exclude": list(spec.int8_exclude),
         "versions": library_versions(),
     }
@@ -165,7 +184,12 @@ def export_onnx(spec: BackboneSpec, out: Path) -> None:
     """Plain fp32 export: pooling and L2 normalisation inside the graph, dynamic axes."""
     import torch
 
+    from models.image import export_image_onnx
     from models.text import load_tokenizer
+
+    if spec.kind == "image":
+        export_image_onnx(spec, out, IMAGE_EXPORT_SETTINGS["opset"])
+        return
 
     model = load_torch_encoder(spec)
     tok = load_tokenizer(spec)
@@ -221,3 +245,56 @@ def _quantize_int8(spec: BackboneSpec, fp32: Path, out: Path) -> None:
         # shape inference gives no types; their outputs are float.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
+
+
+def _build_image(spec: BackboneSpec, precision: str, folder: Path) -> None:
+    """fp32: the exported graph (ORT fuses Conv+BN+ReLU6 when it loads it); int8: static
+    QDQ with calibration on synthetic images; fp16: weights in half precision."""
+    import shutil
+
+    raw = folder / "raw.onnx"
+    if precision == "fp32":
+        with _atomic(folder / "fp32.onnx") as tmp:
+            shutil.copyfile(raw, tmp)
+    elif precision == "int8":
+        with _atomic(folder / "int8.onnx") as tmp:
+            _quantize_image_int8(spec, raw, tmp)
+    elif precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(raw)), keep_io_types=IMAGE_EXPORT_SETTINGS["fp16"]["keep_io_types"])
+        with _atomic(folder / "fp16.onnx") as tmp:
+            onnx.save(model, str(tmp))
+
+
+def _quantize_image_int8(spec: BackboneSpec, raw: Path, out: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from models.image import calibration_images
+
+    settings = IMAGE_EXPORT_SETTINGS["int8"]
+    images = calibration_images(settings["calibration_images"], spec.image_size)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{"pixels": images[i : i + 8]} for i in range(0, len(images), 8)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self._batches, None)
+
+    prepared = out.with_name(out.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out), Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings["per_channel"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=settings["op_types"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)

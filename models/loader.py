@@ -6,6 +6,7 @@ from pathlib import Path
 
 from models.base import Backbone
 from models.catalog import resolve_spec
+from models.image import ImageBackbone, ImageLimits
 from models.export import ensure_artifact
 from models.runtime import OrtRunner, choose_provider, installed_runtime
 
@@ -23,6 +24,7 @@ def load_backbone(
     precision: str = "auto",
     provider: str = "auto",
     intra_op_threads: int = 0,
+    image_limits: ImageLimits | None = None,
 ) -> Backbone:
     from models.text import TextBackbone
 
@@ -31,7 +33,11 @@ def load_backbone(
     chosen = default_precision(ort_provider) if precision == "auto" else precision
     model_path = ensure_artifact(spec, chosen, home)
     runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
-    backbone = TextBackbone(spec, runner)
+    backbone: Backbone
+    if spec.kind == "image":
+        backbone = ImageBackbone(spec, runner, image_limits)
+    else:
+        backbone = TextBackbone(spec, runner)
     log.info(
         "backbone %s ready: dim=%d provider=%s precision=%s runtime=%s fingerprint=%s",
         backbone.id, backbone.dim, backbone.provider, backbone.precision,

@@ -68,7 +68,7 @@ def choose_provider(requested: str) -> str:
 
 
 class OrtRunner:
-    """One inference session over a (input_ids, attention_mask) -> embeddings graph."""
+    """One inference session over a graph with one output (the embeddings)."""
 
     def __init__(self, model_path: Path, provider: str, precision: str, intra_op_threads: int = 0) -> None:
         import onnxruntime as ort
@@ -84,17 +84,21 @@ class OrtRunner:
         self.model_path = model_path
         self._use_binding = self.provider == "CUDAExecutionProvider"
         self._output = self.session.get_outputs()[0].name
+        self._inputs = [i.name for i in self.session.get_inputs()]
         log.info("ORT session %s on %s (%s)", model_path.name, self.provider, precision)
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, *arrays: np.ndarray) -> np.ndarray:
+        """The embeddings for the graph's inputs, given in the graph's order
+        (text: input_ids, attention_mask; image: pixels)."""
+        feeds = dict(zip(self._inputs, arrays, strict=True))
         if not self._use_binding:
-            out = self.session.run([self._output], {"input_ids": input_ids, "attention_mask": attention_mask})
+            out = self.session.run([self._output], feeds)
             return np.asarray(out[0], dtype=np.float32)
         # On CUDA, bind inputs once (one host->device copy each) and let ORT allocate the
         # output on the device; only the pooled embeddings come back to the host.
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
         binding.bind_output(self._output, "cuda")
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import Backbone, EmbedResult
+from models.base import Backbone, EmbedResult, ItemError
 from models.catalog import BackboneSpec
 from models.runtime import OrtRunner
 
@@ -63,10 +63,11 @@ class TextBackbone(Backbone):
             self.max_rows = 8 if self.provider == "CPUExecutionProvider" else 256
         self.dim = int(self.embed(["dimension probe"]).vectors.shape[1])
 
-    def check_item(self, item: Any) -> str | None:
+    def prepare(self, item: Any) -> str:
         if not isinstance(item, str):
-            return f"backbone {self.id!r} embeds text: send a string, not {type(item).__name__}"
-        return None
+            kind = "an image" if isinstance(item, (bytes, bytearray, memoryview)) else type(item).__name__
+            raise ItemError(f"backbone {self.id!r} embeds text: send a string, not {kind}")
+        return item
 
     def embed(self, items: list[Any]) -> EmbedResult:
         if not items:

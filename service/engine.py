@@ -22,7 +22,9 @@ from adapters.jobs import Job, JobQueue
 from adapters.keys import KeyInfo, KeyStore
 from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
 from models import Backbone, load_backbone
+from models.base import ItemError
 from models.catalog import catalog_ids
+from models.image import ImageLimits
 from service import metrics
 from service.auth import Authenticator, Principal, load_admin_key
 from service.batching import MicroBatcher
@@ -86,6 +88,10 @@ class Prediction:
     predictions: list[dict[str, Any]]
 
 
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(max_bytes=int(settings.max_image_mb * 1024 * 1024), max_pixels=settings.max_image_pixels)
+
+
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
@@ -130,6 +136,7 @@ class Engine:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
+                    image_limits=image_limits(s),
                 )
             except Exception as e:
                 self._failure = f"backbone {name!r} failed to load: {e}"
@@ -196,7 +203,9 @@ class Engine:
         b = self.backbones.get(name)
         return BackboneRef(b.fingerprint, b.dim) if b else None
 
-    def validate_items(self, backbone: Backbone, items: list[Any]) -> None:
+    async def prepare_items(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+        """Items checked and made ready for the backbone (images decoded, off the event
+        loop), or a 400/413 naming the first bad one."""
         limit = self.settings.max_batch_items
         if not items:
             raise InvalidInput("inputs is empty: send at least one item")
@@ -205,16 +214,24 @@ class Engine:
                 f"{len(items)} inputs in one request; the limit is {limit} (GRAFT_MAX_BATCH_ITEMS): split it",
                 {"items": len(items), "limit": limit},
             )
+        if backbone.kind == "image":
+            return await asyncio.to_thread(self._prepare, backbone, items)
+        return self._prepare(backbone, items)
+
+    def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+        ready = []
         for i, item in enumerate(items):
-            problem = backbone.check_item(item)
-            if problem:
-                raise InvalidInput(f"inputs[{i}]: {problem}", {"index": i})
+            try:
+                ready.append(backbone.prepare(item))
+            except ItemError as e:
+                raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{i}]: {e}", {"index": i}) from None
             if isinstance(item, str) and len(item) > self.settings.max_text_chars:
                 raise PayloadTooLarge(
                     f"inputs[{i}] has {len(item)} characters; the limit is "
                     f"{self.settings.max_text_chars} (GRAFT_MAX_TEXT_CHARS)",
                     {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
                 )
+        return ready
 
     async def _run(self, backbone: Backbone, work: list[Work]) -> list[Row]:
         return await self._batchers[backbone.id].submit(work)
@@ -228,8 +245,8 @@ class Engine:
 
     async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
         model = self.backbone(backbone)
-        self.validate_items(model, items)
-        rows = await self._run(model, [Work(item) for item in items])
+        ready = await self.prepare_items(model, items)
+        rows = await self._run(model, [Work(item) for item in ready])
         return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows])
 
     async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
@@ -237,8 +254,8 @@ class Engine:
             raise InvalidInput("top_k must be at least 1")
         async with self.cache.lease(tenant, adapter) as head:
             model = self.backbone(head.config.backbone)
-            self.validate_items(model, items)
-            rows = await self._run(model, [Work(item, head) for item in items])
+            ready = await self.prepare_items(model, items)
+            rows = await self._run(model, [Work(item, head) for item in ready])
         labels = head.labels
         k = min(top_k, len(labels))
         predictions = []
@@ -275,9 +292,15 @@ class Engine:
         if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
             raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
         model = self.backbone(backbone)
+        if model.kind != "text":
+            raise InvalidInput(
+                f"zero-shot adapters embed the label names as text, and backbone {model.id!r} embeds "
+                f"{model.kind}s: train an adapter from labeled examples with POST /v1/finetune",
+                {"backbone": model.id, "kind": model.kind},
+            )
         texts = zero_shot.label_texts(labels, descriptions)
-        self.validate_items(model, texts)
-        rows = await self._run(model, [Work(t) for t in texts])
+        ready = await self.prepare_items(model, texts)
+        rows = await self._run(model, [Work(t) for t in ready])
         config, tensors = zero_shot.build(
             model.id, model.fingerprint, labels, np.stack([r.vector for r in rows]), descriptions
         )
@@ -313,8 +336,12 @@ class Engine:
         if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
             raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
         model = self.backbone(backbone)
-        clean = check_examples(examples, max_examples=self.settings.max_train_examples,
-                               max_chars=self.settings.max_text_chars)
+        if params.get("augment") and model.kind != "image":
+            raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
+        clean = await asyncio.to_thread(
+            check_examples, examples, kind=model.kind, prepare=model.prepare,
+            max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,
+        )
         return await asyncio.to_thread(
             self.jobs.submit, tenant, adapter, model.id, clean, params,
             max_queued=self.settings.max_queued_jobs, max_per_tenant=self.settings.max_tenant_jobs,

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from service import metrics
 from service.auth import Principal
 from service.engine import Engine
-from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, from_validation, translate
+from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, InvalidInput, from_validation, translate
+from service.items import image_text
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
 from service.schemas import EmbedRequest, FinetuneParams, FinetuneRequest, PredictRequest, PromoteRequest, TenantRequest
@@ -78,15 +79,22 @@ def _job(job: Any) -> pb.Job:
     )
 
 
+def _items(request: pb.EmbedRequest | pb.PredictRequest) -> list[str | bytes]:
+    if request.inputs and request.images:
+        raise InvalidInput("send texts in inputs or images in images, not both")
+    return list(request.images) if request.images else list(request.inputs)
+
+
 class GraftServicer(pb_grpc.GraftServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     @rpc
     async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
-        body = EmbedRequest(inputs=list(request.inputs), backbone=request.backbone or None)
+        items = _items(request)
+        body = EmbedRequest(inputs=[], backbone=request.backbone or None)
         self.engine.admit(who)
-        out = await self.engine.embed(body.inputs, body.backbone)
+        out = await self.engine.embed(items, body.backbone)
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
             embeddings=[pb.Vector(values=row) for row in out.vectors.tolist()],
@@ -95,11 +103,12 @@ class GraftServicer(pb_grpc.GraftServicer):
 
     @rpc
     async def Predict(self, request: pb.PredictRequest, who: Principal) -> pb.PredictResponse:
+        items = _items(request)
         body = PredictRequest(tenant=request.tenant, adapter=request.adapter or "default",
-                              inputs=list(request.inputs), top_k=request.top_k or 1)
+                              inputs=[], top_k=request.top_k or 1)
         who.authorize(body.tenant)
         self.engine.admit(who)
-        out = await self.engine.predict(body.tenant, body.adapter, body.inputs, body.top_k)
+        out = await self.engine.predict(body.tenant, body.adapter, items, body.top_k)
         return pb.PredictResponse(
             tenant=out.tenant, adapter=out.adapter, version=out.version, backbone=out.backbone,
             predictions=[
@@ -114,7 +123,8 @@ class GraftServicer(pb_grpc.GraftServicer):
         params = {f.name: value for f, value in request.params.ListFields()} if request.HasField("params") else {}
         body = FinetuneRequest(
             tenant=request.tenant, adapter=request.adapter or "default", backbone=request.backbone or None,
-            examples=[{"text": e.text, "label": e.label} for e in request.examples],
+            examples=[{"image": image_text(e.image), "label": e.label} if e.image else {"text": e.text, "label": e.label}
+                      for e in request.examples],
             params=FinetuneParams.model_validate(params, strict=False),
         )
         assert body.params is not None

@@ -26,7 +26,8 @@ from service.schemas import (
     VersionDetail, VersionList,
 )
 from service.settings import get_settings
-from service.uploads import parse_csv, parse_jsonl
+from service.items import raw_items
+from service.uploads import parse_csv, parse_jsonl, parse_zip
 
 settings = get_settings()
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -130,10 +131,10 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 @app.post("/v1/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=json_body(EmbedRequest))
 async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
-    """Embed texts with a frozen backbone; rows are L2-normalised. Any valid key."""
+    """Embed texts or images with a frozen backbone; rows are L2-normalised. Any valid key."""
     body = await parse(EmbedRequest, request)
     engine().admit(who)
-    out = await engine().embed(body.inputs, body.backbone)
+    out = await engine().embed(raw_items(body.inputs), body.backbone)
     return _json({
         "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
         "truncated": [i for i, t in enumerate(out.truncated) if t],
@@ -146,7 +147,7 @@ async def predict(request: Request, who: Principal = Depends(caller)) -> Respons
     body = await parse(PredictRequest, request)
     who.authorize(body.tenant)
     engine().admit(who)
-    out = await engine().predict(body.tenant, body.adapter, body.inputs, body.top_k)
+    out = await engine().predict(body.tenant, body.adapter, raw_items(body.inputs), body.top_k)
     return _json({"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
                   "backbone": out.backbone, "predictions": out.predictions})
 
@@ -258,7 +259,7 @@ async def delete_adapter(tenant: str = TenantPath, adapter: str = AdapterPath,
 
 
 async def finetune_request(request: Request) -> FinetuneRequest:
-    """Inline JSON, or multipart with form fields and a JSONL or CSV `file`."""
+    """Inline JSON, or multipart with form fields and a JSONL, CSV or zip `file`."""
     body = await read_limited(request, int(settings.max_upload_mb * 1024 * 1024), "GRAFT_MAX_UPLOAD_MB")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         try:
@@ -268,10 +269,15 @@ async def finetune_request(request: Request) -> FinetuneRequest:
     form = await request.form()
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
-        raise InvalidInput("a multipart fine-tune request needs a file field `file` (JSONL or CSV)")
+        raise InvalidInput("a multipart fine-tune request needs a file field `file` (JSONL, CSV or zip)")
     data = await upload.read()
-    name = (upload.filename or "").lower()
-    examples = parse_csv(data) if name.endswith(".csv") or "csv" in (upload.content_type or "") else parse_jsonl(data)
+    name, content_type = (upload.filename or "").lower(), upload.content_type or ""
+    if name.endswith(".zip") or "zip" in content_type or data[:4] == b"PK\x03\x04":
+        examples = parse_zip(data, max_bytes=int(settings.max_upload_mb * 1024 * 1024))
+    elif name.endswith(".csv") or "csv" in content_type:
+        examples = parse_csv(data)
+    else:
+        examples = parse_jsonl(data)
     fields: dict[str, Any] = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
     try:
         if "params" in fields:
@@ -292,7 +298,8 @@ FINETUNE_BODY = {"requestBody": {"required": True, "content": {
             "backbone": {"type": "string"},
             "params": {"type": "string", "description": "FinetuneParams as JSON"},
             "file": {"type": "string", "format": "binary",
-                     "description": 'JSONL lines {"text", "label"}, or CSV with the columns text,label'},
+                     "description": 'JSONL lines {"text", "label"} or {"image": base64, "label"}; CSV with the '
+                                    "columns text,label; or a zip of PNG/JPEG images in one folder per label"},
         },
     }},
 }}}

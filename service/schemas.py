@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -13,8 +13,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+class ImageItem(_Strict):
+    image: str = Field(description="a PNG or JPEG image, base64 (a data: URL is accepted)")
+
+
+def _item_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (dict, ImageItem)):
+        return "image"
+    return None
+
+
+Item = Annotated[
+    Annotated[str, Tag("text")] | Annotated[ImageItem, Tag("image")],
+    Discriminator(_item_kind, custom_error_type="invalid_item",
+                  custom_error_message='expected a string (text) or an object {"image": "<base64>"}'),
+]
+
+
 class EmbedRequest(_Strict):
-    inputs: list[str] = Field(description="texts to embed (at most GRAFT_MAX_BATCH_ITEMS)")
+    inputs: list[Item] = Field(
+        description='texts (text backbones) or {"image": base64} objects (image backbones); '
+                    "at most GRAFT_MAX_BATCH_ITEMS"
+    )
     backbone: str | None = Field(None, description="backbone id; default GRAFT_DEFAULT_BACKBONE")
 
 
@@ -30,7 +52,7 @@ class EmbedResponse(BaseModel):
 class PredictRequest(_Strict):
     tenant: Name
     adapter: Name = "default"
-    inputs: list[str]
+    inputs: list[Item] = Field(description='texts or {"image": base64} objects, as the adapter\'s backbone takes')
     top_k: int = Field(1, ge=1, le=100, description="how many labels to rank per item")
 
 
@@ -157,13 +179,20 @@ class FinetuneParams(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")
+    augment: int = Field(
+        0, ge=0, le=8,
+        description="image backbones: randomly flipped, rotated (up to 10 degrees) and colour-jittered "
+                    "copies of each training image; 0 = off (flips hurt where orientation matters, e.g. digits)",
+    )
 
 
 class FinetuneRequest(_Strict):
     tenant: Name
     adapter: Name = "default"
     backbone: str | None = None
-    examples: list[Any] = Field(description='[{"text": ..., "label": ...}, ...]')
+    examples: list[Any] = Field(
+        description='[{"text": ..., "label": ...}, ...], or [{"image": base64, "label": ...}, ...] for an image backbone'
+    )
     params: FinetuneParams | None = None
 
 

@@ -13,7 +13,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
 
     home: Path = Field(Path(".graft"), description="cache of ONNX artifacts and local state")
-    backbones: list[str] = Field(["minilm-l6"], description="backbones loaded at start (JSON list)")
+    backbones: list[str] = Field(
+        ["minilm-l6", "efficientnet-lite0"], description="backbones loaded at start (JSON list)"
+    )
     default_backbone: str = "minilm-l6"
     precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto", description="auto: int8 on CPU, fp16 on CUDA"
@@ -55,6 +57,8 @@ class Settings(BaseSettings):
 
     max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
     max_text_chars: int = Field(20_000, ge=1)
+    max_image_mb: float = Field(4.0, gt=0, description="encoded size of one image (PNG or JPEG)")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="width x height of one image, checked before decoding")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
 

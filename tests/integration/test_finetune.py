@@ -92,8 +92,9 @@ def test_file_uploads(client, kind):
 
 def test_cancel(client):
     tenant = new_tenant(client)
-    slow = {"epochs": 1000, "patience": 1000, "batch_size": 1}
-    running = client.post("/v1/finetune", json={"tenant": tenant, "adapter": "a", "examples": TRAIN, "params": slow}).json()
+    slow = {"epochs": 1000, "patience": 1000, "batch_size": 1}  # ~100k steps: far longer than a heartbeat
+    running = client.post("/v1/finetune", json={"tenant": tenant, "adapter": "a", "examples": TRAIN * 4,
+                                                "params": slow}).json()
     queued = client.post("/v1/finetune", json={"tenant": tenant, "adapter": "b", "examples": TRAIN, "params": slow}).json()
     wait_job(client, running["job_id"], ("running",), timeout=60)
     assert client.post(f"/v1/jobs/{queued['job_id']}/cancel").json()["status"] == "cancelled"
@@ -146,7 +147,8 @@ def test_full_queue_answers_429_with_retry_after(client):
     slow = {"epochs": 1000, "patience": 1000, "batch_size": 1}
     accepted, refused = [], None
     for i in range(8):
-        r = client.post("/v1/finetune", json={"tenant": tenant, "adapter": f"q{i}", "examples": TRAIN, "params": slow})
+        r = client.post("/v1/finetune", json={"tenant": tenant, "adapter": f"q{i}", "examples": TRAIN * 4,
+                                              "params": slow})
         if r.status_code == 429:
             refused = r
             break

@@ -57,7 +57,8 @@ BAD_REQUESTS = [
     (b'{"inputs": "one string"}', 400, "array"),
     (b'{"inputs": [1, 2]}', 400, "inputs.0"),
     (b'{"inputs": ["ok", null]}', 400, "inputs.1"),
-    (b'{"inputs": [{"image": "abc"}]}', 400, "inputs.0"),
+    (b'{"inputs": [{"image": "abc"}]}', 400, "inputs[0]: image is not valid base64"),
+    (b'{"inputs": [{"image": "aGVsbG8="}]}', 400, "inputs[0]: backbone 'minilm-l6' embeds text: send a string, not an image"),
     (b'{"inputs": ["a"], "unexpected": true}', 400, "unexpected"),
     (b'{"inputs": ["a"], "backbone": 7}', 400, "backbone"),
     (b'{"inputs": ["a"], "backbone": "no-such-model"}', 404, "no-such-model"),
@@ -112,7 +113,8 @@ def test_probes_and_metrics(client):
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready"
-    (bb,) = body["backbones"]
+    bb, image = body["backbones"]
+    assert image["id"] == "efficientnet-lite0" and image["kind"] == "image" and image["dim"] == 1280
     assert bb["provider"] == "CPUExecutionProvider" and bb["precision"] == "int8" and bb["dim"] == 384
     metrics = client.get("/metrics").text
     for name in ("graft_backbone_batch_size_bucket", "graft_backbone_compute_seconds_bucket",

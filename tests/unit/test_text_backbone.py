@@ -52,9 +52,14 @@ def test_truncation_is_flagged_per_item(backbone):
     assert result.truncated == [False, True, False]
 
 
-def test_check_item_names_the_problem(backbone):
-    assert backbone.check_item("text") is None
-    assert "string" in backbone.check_item({"image": "..."})
+def test_prepare_names_the_problem(backbone):
+    from models.base import ItemError
+
+    assert backbone.prepare("text") == "text"
+    with pytest.raises(ItemError, match="embeds text: send a string, not an image"):
+        backbone.prepare(b"\x89PNG")
+    with pytest.raises(ItemError, match="not dict"):
+        backbone.prepare({"image": "..."})
 
 
 @pytest.mark.parametrize(

@@ -69,3 +69,112 @@ def test_file_lines_are_reported_by_line():
     examples = parse_jsonl(b'{"text": "a", "label": "x"}\n{"text": "", "label": "x"}\n')
     with pytest.raises(InvalidInput, match="line 2"):
         check(examples)
+
+
+# -- image examples -----------------------------------------------------------------------
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def check_images(examples, **kw):
+    from models.image import ImageLimits, decode_image
+
+    limits = ImageLimits(**kw)
+    return check_examples(examples, kind="image", prepare=lambda b: decode_image(b, limits),
+                          max_examples=100, max_chars=50)
+
+
+def test_image_examples_are_checked_and_stored_as_canonical_base64():
+    import base64
+
+    from tests.images import png
+
+    images = [png(i) for i in range(4)]
+    examples = [{"image": "data:image/png;base64," + base64.b64encode(b).decode(), "label": lab}
+                for b, lab in zip(images, "xxyy")]
+    clean = check_images(examples)
+    assert [base64.b64decode(e["image"]) for e in clean] == images
+    assert [e["label"] for e in clean] == list("xxyy")
+
+
+@pytest.mark.parametrize(
+    "bad,needle,error",
+    [
+        ({"image": "not base64!", "label": "y"}, "examples[3]: image is not valid base64", InvalidInput),
+        ({"image": "aGVsbG8=", "label": "y"}, "examples[3]: not a PNG or JPEG", InvalidInput),
+        ({"text": "a caption", "label": "y"}, "examples[3]: this backbone embeds images", InvalidInput),
+        ({"image": "", "label": "y"}, "examples[3]: image must be", InvalidInput),
+    ],
+)
+def test_bad_image_examples_say_where(bad, needle, error):
+    import base64
+
+    from tests.images import png
+
+    good = [{"image": base64.b64encode(png(i)).decode(), "label": lab} for i, lab in enumerate("xxy")]
+    with pytest.raises(error) as e:
+        check_images([*good, bad])
+    assert needle in e.value.message
+
+
+def test_oversized_image_example_is_413():
+    import base64
+
+    from tests.images import png
+
+    good = [{"image": base64.b64encode(png(i)).decode(), "label": lab} for i, lab in enumerate("xxyy")]
+    with pytest.raises(PayloadTooLarge, match="examples\\[0\\]: the image has 96 x 80 pixels"):
+        check_images(good, max_pixels=1000)
+
+
+def test_text_example_for_text_backbone_refuses_an_image():
+    with pytest.raises(InvalidInput, match="embeds texts; send 'text', not 'image'"):
+        check([*GOOD, {"image": "aGVsbG8=", "label": "x"}])
+
+
+def test_zip_of_label_folders():
+    from service.uploads import parse_zip
+    from tests.images import jpeg, png
+
+    data = _zip({"cat/1.png": png(1), "cat/2.PNG": png(2), "dog/a.jpg": jpeg(3), "dog/b.jpeg": jpeg(4),
+                 "__MACOSX/cat/._1.png": b"junk", "README.txt": b"hello", "dog/.DS_Store": b"x"})
+    examples = parse_zip(data, max_bytes=10**6)
+    assert sorted((e["label"], e["_file"]) for e in examples) == [
+        ("cat", "cat/1.png"), ("cat", "cat/2.PNG"), ("dog", "dog/a.jpg"), ("dog", "dog/b.jpeg")]
+    assert len(check_images(examples)) == 4
+
+
+@pytest.mark.parametrize(
+    "data,needle,error",
+    [
+        (b"PK\x03\x04 not really", "not a zip file", InvalidInput),
+        (_zip({"1.png": b"x"}), "1.png: put each image in a folder named after its label", InvalidInput),
+        (_zip({"notes.txt": b"x"}), "no .png/.jpg/.jpeg images", InvalidInput),
+        (_zip({"cat/1.png": bytes(2000)}), "unpacks to 2000 bytes; the limit is 1000", PayloadTooLarge),
+    ],
+)
+def test_bad_zips_say_why(data, needle, error):
+    from service.uploads import parse_zip
+
+    with pytest.raises(error) as e:
+        parse_zip(data, max_bytes=1000)
+    assert needle in e.value.message
+
+
+def test_broken_image_in_a_zip_names_the_member():
+    from service.uploads import parse_zip
+    from tests.images import png
+
+    examples = parse_zip(_zip({"cat/1.png": png(1), "cat/2.png": png(2), "dog/3.png": png(3),
+                               "dog/broken.png": png(4)[:100]}), max_bytes=10**6)
+    with pytest.raises(InvalidInput, match="dog/broken.png: the image cannot be decoded"):
+        check_images(examples)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"service/proto/graft/v1/graft.proto\x12\x08graft.v1\"0\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"g\n\rEmbedResponse\x12\x10\n\x08\x62\x61\x63kbone\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12$\n\nembeddings\x18\x03 \x03(\x0b\x32\x10.graft.v1.Vector\x12\x11\n\ttruncated\x18\x04 \x03(\x05\"P\n\x0ePredictRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\"&\n\x06Scored\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"`\n\x0eItemPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1d\n\x03top\x18\x03 \x03(\x0b\x32\x10.graft.v1.Scored\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\x84\x01\n\x0fPredictResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12-\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x18.graft.v1.ItemPrediction\"&\n\x07\x45xample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"\xbe\x03\n\x0e\x46ineTuneParams\x12\x11\n\x04head\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06hidden\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x02lr\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x14\n\x07\x64ropout\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1c\n\x0fwarmup_fraction\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x15\n\x08patience\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x19\n\x0cval_fraction\x18\n \x01(\x01H\t\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x03H\n\x88\x01\x01\x12\x16\n\tcontinual\x18\x0c \x01(\x08H\x0b\x88\x01\x01\x42\x07\n\x05_headB\t\n\x07_hiddenB\t\n\x07_epochsB\r\n\x0b_batch_sizeB\x05\n\x03_lrB\x0f\n\r_weight_decayB\n\n\x08_dropoutB\x12\n\x10_warmup_fractionB\x0b\n\t_patienceB\x0f\n\r_val_fractionB\x07\n\x05_seedB\x0c\n\n_continual\"\x93\x01\n\x0f\x46ineTuneRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12#\n\x08\x65xamples\x18\x04 \x03(\x0b\x32\x11.graft.v1.Example\x12(\n\x06params\x18\x05 \x01(\x0b\x32\x18.graft.v1.FineTuneParams\"\xe0\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12\x10\n\x08promoted\x18\t \x01(\x08\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x15\n\rerror_message\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13ListAdaptersRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"]\n\x0e\x41\x64\x61pterSummary\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x05\x12\x10\n\x08versions\x18\x04 \x01(\x05\"R\n\x14ListAdaptersResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12*\n\x08\x61\x64\x61pters\x18\x02 \x03(\x0b\x32\x18.graft.v1.AdapterSummary\"B\n\x0ePromoteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"J\n\x0fPromoteResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x05\x32\xb0\x03\n\x05Graft\x12\x38\n\x05\x45mbed\x12\x16.graft.v1.EmbedRequest\x1a\x17.graft.v1.EmbedResponse\x12>\n\x07Predict\x12\x18.graft.v1.PredictRequest\x1a\x19.graft.v1.PredictResponse\x12\x34\n\x08\x46ineTune\x12\x19.graft.v1.FineTuneRequest\x1a\r.graft.v1.Job\x12\x30\n\x06GetJob\x12\x17.graft.v1.GetJobRequest\x1a\r.graft.v1.Job\x12\x36\n\tCancelJob\x12\x1a.graft.v1.CancelJobRequest\x1a\r.graft.v1.Job\x12M\n\x0cListAdapters\x12\x1d.graft.v1.ListAdaptersRequest\x1a\x1e.graft.v1.ListAdaptersResponse\x12>\n\x07Promote\x12\x18.graft.v1.PromoteRequest\x1a\x19.graft.v1.PromoteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"service/proto/graft/v1/graft.proto\x12\x08graft.v1\"@\n\x0c\x45mbedRequest\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x0e\n\x06images\x18\x03 \x03(\x0c\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"g\n\rEmbedResponse\x12\x10\n\x08\x62\x61\x63kbone\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12$\n\nembeddings\x18\x03 \x03(\x0b\x32\x10.graft.v1.Vector\x12\x11\n\ttruncated\x18\x04 \x03(\x05\"`\n\x0ePredictRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x06inputs\x18\x03 \x03(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0e\n\x06images\x18\x05 \x03(\x0c\"&\n\x06Scored\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"`\n\x0eItemPrediction\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x1d\n\x03top\x18\x03 \x03(\x0b\x32\x10.graft.v1.Scored\x12\x11\n\ttruncated\x18\x04 \x01(\x08\"\x84\x01\n\x0fPredictResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12-\n\x0bpredictions\x18\x05 \x03(\x0b\x32\x18.graft.v1.ItemPrediction\"5\n\x07\x45xample\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\x0c\"\xe0\x03\n\x0e\x46ineTuneParams\x12\x11\n\x04head\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06hidden\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x65pochs\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nbatch_size\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x0f\n\x02lr\x18\x05 \x01(\x01H\x04\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x06 \x01(\x01H\x05\x88\x01\x01\x12\x14\n\x07\x64ropout\x18\x07 \x01(\x01H\x06\x88\x01\x01\x12\x1c\n\x0fwarmup_fraction\x18\x08 \x01(\x01H\x07\x88\x01\x01\x12\x15\n\x08patience\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x19\n\x0cval_fraction\x18\n \x01(\x01H\t\x88\x01\x01\x12\x11\n\x04seed\x18\x0b \x01(\x03H\n\x88\x01\x01\x12\x16\n\tcontinual\x18\x0c \x01(\x08H\x0b\x88\x01\x01\x12\x14\n\x07\x61ugment\x18\r \x01(\x05H\x0c\x88\x01\x01\x42\x07\n\x05_headB\t\n\x07_hiddenB\t\n\x07_epochsB\r\n\x0b_batch_sizeB\x05\n\x03_lrB\x0f\n\r_weight_decayB\n\n\x08_dropoutB\x12\n\x10_warmup_fractionB\x0b\n\t_patienceB\x0f\n\r_val_fractionB\x07\n\x05_seedB\x0c\n\n_continualB\n\n\x08_augment\"\x93\x01\n\x0f\x46ineTuneRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x03 \x01(\t\x12#\n\x08\x65xamples\x18\x04 \x03(\x0b\x32\x11.graft.v1.Example\x12(\n\x06params\x18\x05 \x01(\x0b\x32\x18.graft.v1.FineTuneParams\"\xe0\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08progress\x18\x06 \x01(\x01\x12\x14\n\x0cmetrics_json\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x05\x12\x10\n\x08promoted\x18\t \x01(\x08\x12\x12\n\nerror_code\x18\n \x01(\t\x12\x15\n\rerror_message\x18\x0b \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x13ListAdaptersRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"]\n\x0e\x41\x64\x61pterSummary\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kbone\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x05\x12\x10\n\x08versions\x18\x04 \x01(\x05\"R\n\x14ListAdaptersResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12*\n\x08\x61\x64\x61pters\x18\x02 \x03(\x0b\x32\x18.graft.v1.AdapterSummary\"B\n\x0ePromoteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\"J\n\x0fPromoteResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x05\x32\xb0\x03\n\x05Graft\x12\x38\n\x05\x45mbed\x12\x16.graft.v1.EmbedRequest\x1a\x17.graft.v1.EmbedResponse\x12>\n\x07Predict\x12\x18.graft.v1.PredictRequest\x1a\x19.graft.v1.PredictResponse\x12\x34\n\x08\x46ineTune\x12\x19.graft.v1.FineTuneRequest\x1a\r.graft.v1.Job\x12\x30\n\x06GetJob\x12\x17.graft.v1.GetJobRequest\x1a\r.graft.v1.Job\x12\x36\n\tCancelJob\x12\x1a.graft.v1.CancelJobRequest\x1a\r.graft.v1.Job\x12M\n\x0cListAdapters\x12\x1d.graft.v1.ListAdaptersRequest\x1a\x1e.graft.v1.ListAdaptersResponse\x12>\n\x07Promote\x12\x18.graft.v1.PromoteRequest\x1a\x19.graft.v1.PromoteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,41 +32,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'service.proto.graft.v1.graf
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDREQUEST']._serialized_start=48
-  _globals['_EMBEDREQUEST']._serialized_end=96
-  _globals['_VECTOR']._serialized_start=98
-  _globals['_VECTOR']._serialized_end=122
-  _globals['_EMBEDRESPONSE']._serialized_start=124
-  _globals['_EMBEDRESPONSE']._serialized_end=227
-  _globals['_PREDICTREQUEST']._serialized_start=229
-  _globals['_PREDICTREQUEST']._serialized_end=309
-  _globals['_SCORED']._serialized_start=311
-  _globals['_SCORED']._serialized_end=349
-  _globals['_ITEMPREDICTION']._serialized_start=351
-  _globals['_ITEMPREDICTION']._serialized_end=447
-  _globals['_PREDICTRESPONSE']._serialized_start=450
-  _globals['_PREDICTRESPONSE']._serialized_end=582
-  _globals['_EXAMPLE']._serialized_start=584
-  _globals['_EXAMPLE']._serialized_end=622
-  _globals['_FINETUNEPARAMS']._serialized_start=625
-  _globals['_FINETUNEPARAMS']._serialized_end=1071
-  _globals['_FINETUNEREQUEST']._serialized_start=1074
-  _globals['_FINETUNEREQUEST']._serialized_end=1221
-  _globals['_JOB']._serialized_start=1224
-  _globals['_JOB']._serialized_end=1448
-  _globals['_GETJOBREQUEST']._serialized_start=1450
-  _globals['_GETJOBREQUEST']._serialized_end=1481
-  _globals['_CANCELJOBREQUEST']._serialized_start=1483
-  _globals['_CANCELJOBREQUEST']._serialized_end=1517
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1519
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1556
-  _globals['_ADAPTERSUMMARY']._serialized_start=1558
-  _globals['_ADAPTERSUMMARY']._serialized_end=1651
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1653
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1735
-  _globals['_PROMOTEREQUEST']._serialized_start=1737
-  _globals['_PROMOTEREQUEST']._serialized_end=1803
-  _globals['_PROMOTERESPONSE']._serialized_start=1805
-  _globals['_PROMOTERESPONSE']._serialized_end=1879
-  _globals['_GRAFT']._serialized_start=1882
-  _globals['_GRAFT']._serialized_end=2314
+  _globals['_EMBEDREQUEST']._serialized_end=112
+  _globals['_VECTOR']._serialized_start=114
+  _globals['_VECTOR']._serialized_end=138
+  _globals['_EMBEDRESPONSE']._serialized_start=140
+  _globals['_EMBEDRESPONSE']._serialized_end=243
+  _globals['_PREDICTREQUEST']._serialized_start=245
+  _globals['_PREDICTREQUEST']._serialized_end=341
+  _globals['_SCORED']._serialized_start=343
+  _globals['_SCORED']._serialized_end=381
+  _globals['_ITEMPREDICTION']._serialized_start=383
+  _globals['_ITEMPREDICTION']._serialized_end=479
+  _globals['_PREDICTRESPONSE']._serialized_start=482
+  _globals['_PREDICTRESPONSE']._serialized_end=614
+  _globals['_EXAMPLE']._serialized_start=616
+  _globals['_EXAMPLE']._serialized_end=669
+  _globals['_FINETUNEPARAMS']._serialized_start=672
+  _globals['_FINETUNEPARAMS']._serialized_end=1152
+  _globals['_FINETUNEREQUEST']._serialized_start=1155
+  _globals['_FINETUNEREQUEST']._serialized_end=1302
+  _globals['_JOB']._serialized_start=1305
+  _globals['_JOB']._serialized_end=1529
+  _globals['_GETJOBREQUEST']._serialized_start=1531
+  _globals['_GETJOBREQUEST']._serialized_end=1562
+  _globals['_CANCELJOBREQUEST']._serialized_start=1564
+  _globals['_CANCELJOBREQUEST']._serialized_end=1598
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1600
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1637
+  _globals['_ADAPTERSUMMARY']._serialized_start=1639
+  _globals['_ADAPTERSUMMARY']._serialized_end=1732
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1734
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1816
+  _globals['_PROMOTEREQUEST']._serialized_start=1818
+  _globals['_PROMOTEREQUEST']._serialized_end=1884
+  _globals['_PROMOTERESPONSE']._serialized_start=1886
+  _globals['_PROMOTERESPONSE']._serialized_end=1960
+  _globals['_GRAFT']._serialized_start=1963
+  _globals['_GRAFT']._serialized_end=2395
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "backbone")
+    __slots__ = ("inputs", "backbone", "images")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     backbone: str
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., backbone: _Optional[str] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., backbone: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)
@@ -33,16 +35,18 @@ class EmbedResponse(_message.Message):
     def __init__(self, backbone: _Optional[str] = ..., dim: _Optional[int] = ..., embeddings: _Optional[_Iterable[_Union[Vector, _Mapping]]] = ..., truncated: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("tenant", "adapter", "inputs", "top_k")
+    __slots__ = ("tenant", "adapter", "inputs", "top_k", "images")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     adapter: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
-    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Scored(_message.Message):
     __slots__ = ("label", "score")
@@ -79,15 +83,17 @@ class PredictResponse(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., backbone: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ItemPrediction, _Mapping]]] = ...) -> None: ...
 
 class Example(_message.Message):
-    __slots__ = ("text", "label")
+    __slots__ = ("text", "label", "image")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     label: str
-    def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    image: bytes
+    def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
 
 class FineTuneParams(_message.Message):
-    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual")
+    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +106,7 @@ class FineTuneParams(_message.Message):
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     CONTINUAL_FIELD_NUMBER: _ClassVar[int]
+    AUGMENT_FIELD_NUMBER: _ClassVar[int]
     head: str
     hidden: int
     epochs: int
@@ -112,7 +119,8 @@ class FineTuneParams(_message.Message):
     val_fraction: float
     seed: int
     continual: bool
-    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ...) -> None: ...
+    augment: int
+    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ...) -> None: ...
 
 class FineTuneRequest(_message.Message):
     __slots__ = ("tenant", "adapter", "backbone", "examples", "params")
