@@ -32,6 +32,7 @@ class TrainParams:
     seed: int = 0
     continual: bool = False
     augment: int = 0  # image backbones: augmented copies per training example (the worker makes them)
+    standardize: bool = False  # train on per-dimension standardised features, folded back into the head
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,8 +73,16 @@ def train_head(
     generator = torch.Generator().manual_seed(params.seed)
     k, dim = len(labels), x_train.shape[1]
     model = _build(params, dim, k)
+    shift, scale = np.zeros(dim, np.float32), np.ones(dim, np.float32)
+    if params.standardize:
+        # Features that share a direction (a CNN's non-negative pooled activations) differ
+        # between classes in small per-dimension offsets; centring and scaling them lets a
+        # few hundred optimiser steps find the head. The head stays one on raw features.
+        shift = x_train.mean(0).astype(np.float32)
+        scale = ((x_train.std(0) + 1e-3) * math.sqrt(dim)).astype(np.float32)
+        x_train, x_val = (x_train - shift) / scale, (x_val - shift) / scale
     if init is not None:
-        _load(model, params.head, init)
+        _load(model, params.head, _fold(init, params.head, shift, scale, inverse=True))
     xt, yt = torch.from_numpy(x_train.astype(np.float32)), torch.from_numpy(y_train.astype(np.int64))
     xv, yv = torch.from_numpy(x_val.astype(np.float32)), torch.from_numpy(y_val.astype(np.int64))
     counts = np.bincount(y_train, minlength=k).astype(np.float32)
@@ -121,7 +130,7 @@ def train_head(
     assert best_state is not None
     model.load_state_dict(best_state)
     model.eval()
-    tensors = _export(model, params.head)
+    tensors = _fold(_export(model, params.head), params.head, shift, scale)
     with torch.no_grad():
         val_pred = model(xv).argmax(1).numpy()
     return TrainedHead(tensors, best_epoch, epoch, epoch < params.epochs, evaluate(y_val, val_pred, labels))
@@ -149,6 +158,21 @@ def _export(model, head: str) -> dict[str, np.ndarray]:
     if head == "linear":
         return {"weight": layers[0][0], "bias": layers[0][1]}
     return {"w1": layers[0][0], "b1": layers[0][1], "w2": layers[1][0], "b2": layers[1][1]}
+
+
+def _fold(tensors: dict[str, np.ndarray], head: str, shift: np.ndarray, scale: np.ndarray,
+          inverse: bool = False) -> dict[str, np.ndarray]:
+    """A head on standardised inputs (x - shift) / scale as the same head on raw x (or,
+    inverse, a raw-input head as one on standardised inputs): only the first layer changes."""
+    w, b = ("weight", "bias") if head == "linear" else ("w1", "b1")
+    out = dict(tensors)
+    if inverse:
+        out[w] = (tensors[w] * scale).astype(np.float32)
+        out[b] = (tensors[b] + tensors[w] @ shift).astype(np.float32)
+    else:
+        out[w] = (tensors[w] / scale).astype(np.float32)
+        out[b] = (tensors[b] - out[w] @ shift).astype(np.float32)
+    return out
 
 
 def _load(model, head: str, tensors: dict[str, np.ndarray]) -> None:

@@ -43,6 +43,7 @@ class MicroBatcher(Generic[T, R]):
         max_size: int,
         max_wait_s: float,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -51,7 +52,10 @@ class MicroBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._pending: deque[_Chunk[T, R]] = deque()
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
+        # A one-thread executor shared by several batchers makes their passes take turns
+        # (the Engine does this on CPU); by default each batcher has its own thread.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -65,7 +69,8 @@ class MicroBatcher(Generic[T, R]):
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     async def submit(self, items: list[T]) -> list[R]:
         """Results for items, sharing backbone passes with whoever else is asking."""
@@ -93,10 +98,8 @@ class MicroBatcher(Generic[T, R]):
             if not batch:
                 continue
             items = [item for chunk in batch for item in chunk.items]
-            started = time.perf_counter()
-            waits = [started - chunk.queued_at for chunk in batch]
             try:
-                result = await loop.run_in_executor(self._executor, self._run, items)
+                result, started, seconds = await loop.run_in_executor(self._executor, self._timed, items)
             except Exception as e:  # a failed pass fails its requests, not the loop
                 log.exception("backbone %s failed on a batch of %d items", self.name, len(items))
                 for chunk in batch:
@@ -104,13 +107,19 @@ class MicroBatcher(Generic[T, R]):
                         chunk.future.set_exception(e)
                 continue
             if self._on_batch is not None:
-                self._on_batch(len(items), time.perf_counter() - started, waits)
+                self._on_batch(len(items), seconds, [started - chunk.queued_at for chunk in batch])
             offset = 0
             for chunk in batch:
                 n = len(chunk.items)
                 if not chunk.future.done():
                     chunk.future.set_result(result[offset : offset + n])
                 offset += n
+
+    def _timed(self, items: list[T]) -> tuple[Sequence[R], float, float]:
+        """The pass, when it started (after any turn-taking) and how long it ran."""
+        started = time.perf_counter()
+        result = self._run(items)
+        return result, started, time.perf_counter() - started
 
     async def _collect(self) -> list[_Chunk[T, R]]:
         """Wait for work, then take queued chunks until the batch is full or the wait is over."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,10 @@ class Engine:
         self.settings = settings
         self.backbones: dict[str, Backbone] = {}
         self._batchers: dict[str, MicroBatcher[Work, Row]] = {}
+        # CPU backbones take turns on one thread: each pass gets every core, and passes of
+        # different backbones alternate (FIFO) instead of fighting over the cores, so text
+        # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
+        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
         self._failure: str | None = None
         self._loading: asyncio.Task[None] | None = None
         self.registry = registry or Registry(settings.database_url or default_url(settings.home))
@@ -153,6 +158,7 @@ class Engine:
             max_wait_s=self.settings.batch_max_wait_ms / 1000,
             on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
                 name, n, sec, waits, self.settings.batch_max_size),
+            executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
         )
         metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision).set(1)
 
@@ -176,6 +182,7 @@ class Engine:
         await self.cache.close()
         for batcher in self._batchers.values():
             await batcher.close()
+        self._cpu_lane.shutdown(wait=True)
         self.registry.close()
 
     # -- backbones -------------------------------------------------------------------

@@ -179,6 +179,11 @@ class FinetuneParams(_Strict):
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")
+    standardize: bool | None = Field(
+        None,
+        description="train on per-dimension standardised features (folded into the head's weights); "
+                    "default: on for image backbones, off for text (docs/BENCHMARKS.md)",
+    )
     augment: int = Field(
         0, ge=0, le=8,
         description="image backbones: randomly flipped, rotated (up to 10 degrees) and colour-jittered "

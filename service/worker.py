@@ -94,7 +94,9 @@ class Worker:
 
     def _train(self, claim: Claimed, beat: "_Heartbeat") -> None:
         job, q = claim.job, self.queue
-        params = TrainParams(**job.params)
+        backbone = self._backbone(job.backbone)
+        settings = {k: v for k, v in job.params.items() if v is not None}
+        params = TrainParams(**{"standardize": backbone.kind == "image", **settings})
         # Examples hold a text or a base64 image; that string also keys the embedding cache.
         keys = [e["text"] if "text" in e else e["image"] for e in claim.examples]
         names = [e["label"] for e in claim.examples]
@@ -102,7 +104,6 @@ class Worker:
         y = np.array([labels.index(n) for n in names])
         q.event(claim, "validation", {"examples": len(keys), "classes": len(labels),
                                       "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)}})
-        backbone = self._backbone(job.backbone)
         x = self._embed(backbone, keys, beat)
         train_idx, val_idx = stratified_split(y, params.val_fraction, params.seed)
         q.event(claim, "split", {"train": len(train_idx), "validation": len(val_idx), "seed": params.seed})

@@ -58,6 +58,7 @@ def test_job_trains_serves_and_beats_zero_shot(client):
     assert kinds[:4] == ["queued", "started", "validation", "split"]
     assert "epoch" in kinds and kinds.index("evaluation") < kinds.index("promotion") < kinds.index("succeeded")
     (v,) = client.get(f"/v1/tenants/{tenant}/adapters/reviews/versions").json()["versions"]
+    assert v["training"]["params"]["standardize"] is False  # the text default
     assert v["metrics"]["macro_f1"] == metrics["macro_f1"] and v["training"]["method"] == "fine-tune"
     assert [j["job_id"] for j in client.get(f"/v1/tenants/{tenant}/jobs").json()["jobs"]] == [job["job_id"]]
 

@@ -164,7 +164,8 @@ def test_zip_upload_with_augmentation(client):
     split = next(e for e in events if e["kind"] == "split")
     assert aug["copies"] == 2 and aug["train"] == 3 * split["train"]
     versions = client.get(f"/v1/tenants/{tenant}/adapters/zipped/versions").json()["versions"]
-    assert versions[0]["training"]["params"]["augment"] == 2 and versions[0]["labels"] == LABELS
+    params = versions[0]["training"]["params"]
+    assert params["augment"] == 2 and params["standardize"] is True and versions[0]["labels"] == LABELS
 
 
 def test_broken_member_of_a_zip_is_named(client):

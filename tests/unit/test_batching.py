@@ -124,3 +124,36 @@ def test_caller_that_gives_up_while_the_batch_gathers_is_left_out():
 
     run(main())
     assert rec.batches == [[1]]
+
+
+def test_batchers_sharing_a_lane_take_turns():
+    """Two backbones on one CPU lane: passes never overlap, and they alternate under load."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    log: list[tuple[str, float, float]] = []
+
+    def backbone(name: str):
+        def run(items: list[int]) -> list[tuple[float, bool]]:
+            start = time.perf_counter()
+            time.sleep(0.01)
+            log.append((name, start, time.perf_counter()))
+            return [(float(i), False) for i in items]
+        return run
+
+    async def main():
+        lane = ThreadPoolExecutor(max_workers=1)
+        text = MicroBatcher("text", backbone("text"), max_size=4, max_wait_s=0.001, executor=lane)
+        image = MicroBatcher("image", backbone("image"), max_size=4, max_wait_s=0.001, executor=lane)
+        await asyncio.gather(*(text.submit(list(range(4))) for _ in range(10)),
+                             *(image.submit(list(range(4))) for _ in range(10)))
+        await text.close()
+        await image.close()
+        lane.shutdown()
+
+    run(main())
+    spans = sorted(log, key=lambda e: e[1])
+    assert all(a[2] <= b[1] for a, b in zip(spans, spans[1:]))  # one pass at a time
+    names = [n for n, _, _ in spans]
+    assert names.count("text") == names.count("image") == 10
+    switches = sum(a != b for a, b in zip(names, names[1:]))
+    assert switches >= 15, names  # alternating, not one backbone's queue drained first

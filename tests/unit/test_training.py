@@ -80,3 +80,31 @@ def test_continual_init_keeps_known_rows_and_adds_new_labels():
     assert init["bias"].tolist() == [2.0, 0.0, 1.0]
     assert init["weight"][1].tolist() == [7.0] * 4
     assert continual_init("mlp", ["a"], ["a"], "linear", active, zs) is None
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_standardised_training_is_folded_into_a_head_on_raw_features(head):
+    """The exported head reads raw embeddings: its validation scores are the trainer's own."""
+    from adapters.format import Adapter, AdapterConfig
+
+    x, y = blobs()
+    x = np.abs(x) + 1.0  # all features positive and sharing a direction, like CNN pooled features
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    train, val = stratified_split(y, 0.25, seed=0)
+    params = TrainParams(head=head, standardize=True, epochs=40, hidden=32)
+    out = train_head(x[train], y[train], x[val], y[val], LABELS, params)
+    config = AdapterConfig(backbone="", fingerprint="", dim=x.shape[1], head=head, labels=LABELS)
+    raw_pred = Adapter(config, out.tensors).predict_proba(x[val]).argmax(1)
+    assert evaluate(y[val], raw_pred, LABELS)["macro_f1"] == pytest.approx(out.val_metrics["macro_f1"])
+    assert out.val_metrics["macro_f1"] >= 0.9
+
+
+def test_fold_and_unfold_are_inverse():
+    from adapters.training import _fold
+
+    rng = np.random.default_rng(0)
+    tensors = {"weight": rng.normal(size=(3, 8)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
+    shift, scale = rng.normal(size=8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)
+    back = _fold(_fold(tensors, "linear", shift, scale), "linear", shift, scale, inverse=True)
+    assert np.allclose(back["weight"], tensors["weight"], atol=1e-5)
+    assert np.allclose(back["bias"], tensors["bias"], atol=1e-5)
