@@ -1,5 +1,5 @@
-"""Locust users for Graft: HTTP and gRPC predict traffic with tenants drawn Zipf-like, and
-a trickle of fine-tune jobs.
+"""Locust users for Graft: HTTP and gRPC predict traffic with tenants drawn Zipf-like, image
+embeddings beside it, and a trickle of fine-tune jobs.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000   # web UI
     make load                                                        # headless, bounded
@@ -99,6 +99,29 @@ class GrpcPredictUser(User):
             error = e
         events.request.fire(request_type="grpc", name="Predict", response_time=(time.perf_counter() - started) * 1000,
                             response_length=size, exception=error, context={})
+
+
+def _pictures() -> list[dict[str, str]]:
+    """Sixteen drawn 320 x 240 JPEGs, base64, as image items."""
+    import base64
+
+    from tests.images import encode, picture
+
+    return [{"image": base64.b64encode(encode(picture(i, size=(320, 240)), "JPEG", quality=90)).decode()}
+            for i in range(16)]
+
+
+class HttpImageUser(FastHttpUser):
+    """Image traffic on the same server: 4 pictures per /v1/embed (efficientnet-lite0)."""
+
+    wait_time = constant(0)
+    weight = 1
+    pictures = _pictures()
+
+    @task
+    def embed(self) -> None:
+        self.client.post("/v1/embed", json={"backbone": "efficientnet-lite0", "inputs": random.sample(self.pictures, 4)},
+                         headers=auth(), name="POST /v1/embed (images)")
 
 
 class FineTuneUser(FastHttpUser):

@@ -54,3 +54,21 @@ def test_cuda_throughput(graft_home):
     for name, rate in rows.items():
         print(f"{name}: {rate:.1f} sentences/s")
     assert rows["cuda fp16 batch 32"] > rows["cpu int8 batch 32"]
+
+
+@pytest.mark.parametrize("precision,min_cosine", [("fp32", 0.9999), ("fp16", 0.995)])
+def test_cuda_image_parity(graft_home, precision, min_cosine):
+    import numpy as np
+
+    from models.catalog import resolve_spec
+    from models.image import load_torch_image_encoder
+    from tests.images import png
+
+    images = [png(i) for i in range(12)]
+    backbone = load_backbone("efficientnet-lite0", graft_home, precision=precision, provider="cuda")
+    assert backbone.provider == "CUDAExecutionProvider"
+    pixels = np.stack([backbone.prepare(b) for b in images])
+    with torch.no_grad():
+        ref = load_torch_image_encoder(resolve_spec("efficientnet-lite0"))(torch.from_numpy(pixels)).numpy()
+    cosine = (backbone.embed(images).vectors * ref).sum(1)
+    assert cosine.min() >= min_cosine, cosine
