@@ -187,7 +187,7 @@ class FinetuneParams(_Strict):
     augment: int = Field(
         0, ge=0, le=8,
         description="image backbones: randomly flipped, rotated (up to 10 degrees) and colour-jittered "
-                    "copies of each training image; 0 = off (flips hurt where orientation matters, e.g. digits)",
+                    "copies of each training image; 0 = off (each copy is one more embedding per image)",
     )
 
 
