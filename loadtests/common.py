@@ -20,8 +20,9 @@ def load_tenants(n: int) -> list[str]:
     return [f"load-{i:03d}" for i in range(n)]
 
 
-def measure(fn: Callable[[list[str]], object], texts: list[str], batch: int, seconds: float) -> tuple[float, float]:
-    """(sentences/s, p50 ms per call) calling fn on consecutive batches for `seconds`."""
+def measure(fn: Callable[[list[Any]], object], texts: list[Any], batch: int, seconds: float) -> tuple[float, float]:
+    """(items/s, p50 ms per call) calling fn on consecutive batches of `texts` (or any
+    items) for `seconds`."""
     def chunk_at(i: int) -> list[str]:
         return [texts[(i * batch + k) % len(texts)] for k in range(batch)]
 

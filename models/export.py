@@ -182,14 +182,14 @@ def load_torch_encoder(spec: BackboneSpec):  # -> TorchTextEncoder (torch import
 
 def export_onnx(spec: BackboneSpec, out: Path) -> None:
     """Plain fp32 export: pooling and L2 normalisation inside the graph, dynamic axes."""
-    import torch
-
-    from models.image import export_image_onnx
-    from models.text import load_tokenizer
-
     if spec.kind == "image":
+        from models.image import export_image_onnx
+
         export_image_onnx(spec, out, IMAGE_EXPORT_SETTINGS["opset"])
         return
+    import torch
+
+    from models.text import load_tokenizer
 
     model = load_torch_encoder(spec)
     tok = load_tokenizer(spec)

@@ -25,7 +25,6 @@ from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
 from models import Backbone, load_backbone
 from models.base import ItemError
 from models.catalog import catalog_ids
-from models.image import ImageLimits
 from service import metrics
 from service.auth import Authenticator, Principal, load_admin_key
 from service.batching import MicroBatcher
@@ -89,10 +88,6 @@ class Prediction:
     predictions: list[dict[str, Any]]
 
 
-def image_limits(settings: Settings) -> ImageLimits:
-    return ImageLimits(max_bytes=int(settings.max_image_mb * 1024 * 1024), max_pixels=settings.max_image_pixels)
-
-
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
@@ -141,7 +136,7 @@ class Engine:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
-                    image_limits=image_limits(s),
+                    image_limits=s.image_limits(),
                 )
             except Exception as e:
                 self._failure = f"backbone {name!r} failed to load: {e}"

@@ -26,7 +26,7 @@ from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, InvalidI
 from service.items import image_text
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
-from service.schemas import EmbedRequest, FinetuneParams, FinetuneRequest, PredictRequest, PromoteRequest, TenantRequest
+from service.schemas import FinetuneParams, FinetuneRequest, PredictRequest, PromoteRequest, TenantRequest
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,8 @@ class GraftServicer(pb_grpc.GraftServicer):
     @rpc
     async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
         items = _items(request)
-        body = EmbedRequest(inputs=[], backbone=request.backbone or None)
         self.engine.admit(who)
-        out = await self.engine.embed(items, body.backbone)
+        out = await self.engine.embed(items, request.backbone or None)
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
             embeddings=[pb.Vector(values=row) for row in out.vectors.tolist()],

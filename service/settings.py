@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.image import ImageLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
@@ -61,6 +63,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_000_000, ge=1, description="width x height of one image, checked before decoding")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=int(self.max_image_mb * 1024 * 1024), max_pixels=self.max_image_pixels)
 
 
 @lru_cache

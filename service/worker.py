@@ -182,7 +182,7 @@ class Worker:
             s = self.settings
             try:
                 self._backbones[name] = load_backbone(name, s.home, precision=s.precision, provider=s.provider,
-                                                      intra_op_threads=s.train_threads)
+                                                      intra_op_threads=s.train_threads, image_limits=s.image_limits())
             except Exception as e:
                 raise TrainingError("backbone_unavailable", f"backbone {name!r} cannot be loaded: {e}") from e
         return self._backbones[name]

@@ -21,3 +21,10 @@ def server(graft_home, tmp_path_factory):
     ).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """An HTTP client with the admin key, for the module's tests."""
+    with server.client() as c:
+        yield c

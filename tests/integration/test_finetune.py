@@ -13,12 +13,6 @@ from tests.integration.jobs import wait_job
 TRAIN, HELD_OUT = split()
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as c:
-        yield c
-
-
 def new_tenant(client) -> str:
     return helpers.new_tenant(client, "ft")[0]
 

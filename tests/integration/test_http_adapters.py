@@ -19,12 +19,6 @@ DESCRIPTIONS = {
 QUERIES = ["please give me my money back", "my package has not arrived yet", "password reset does not work"]
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as c:
-        yield c
-
-
 def new_tenant(client) -> str:
     return helpers.new_tenant(client, "t")[0]
 

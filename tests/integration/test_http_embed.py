@@ -11,12 +11,6 @@ from models import load_backbone
 from tests.conftest import SENTENCES
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as c:
-        yield c
-
-
 def test_embed_matches_backbone_in_process(client, graft_home):
     r = client.post("/v1/embed", json={"inputs": SENTENCES[:5]})
     assert r.status_code == 200, r.text

@@ -7,6 +7,7 @@ import io
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,12 +30,6 @@ def b64(data: bytes) -> str:
 
 def image_examples(pairs):
     return [{"image": b64(data), "label": label} for data, label in pairs]
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with server.client() as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +181,6 @@ def test_grpc_images(server, client, trained):
         pred = stub.Predict(pb.PredictRequest(tenant=tenant, adapter="shapes", images=[d for d, _ in HELD_OUT]))
         hits = sum(p.label == label for p, (_, label) in zip(pred.predictions, HELD_OUT))
         assert hits / len(HELD_OUT) >= 0.8
-        import grpc
-
         with pytest.raises(grpc.RpcError) as err:
             stub.Embed(pb.EmbedRequest(backbone=IMAGE, images=[b"not an image"]))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a PNG or JPEG" in err.value.details()
