@@ -81,7 +81,9 @@ def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise InvalidInput(f"the upload is not UTF-8 text (byte {e.start})") from e
+        raise InvalidInput(
+            f"the upload is not UTF-8 text (byte {e.start}): send JSONL, CSV, or a zip of images in label folders"
+        ) from e
 
 
 def check_examples(
