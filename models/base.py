@@ -36,7 +36,8 @@ class Backbone(ABC):
     dim: int
     fingerprint: str  # identity of the embedding function (weights + preprocessing)
     provider: str  # ONNX Runtime execution provider in use
-    precision: str  # "fp32", "int8" or "fp16"
+    precision: str  # "fp32", "int8" or "fp16": what is served
+    int8: dict[str, Any] | None = None  # the int8 gate's verdict when int8 was asked for
 
     @abstractmethod
     def prepare(self, item: Any) -> Any:
@@ -57,4 +58,5 @@ class Backbone(ABC):
             "fingerprint": self.fingerprint,
             "provider": self.provider,
             "precision": self.precision,
+            **({"int8_gate": self.int8} if self.int8 else {}),
         }

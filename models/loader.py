@@ -6,8 +6,9 @@ from pathlib import Path
 
 from models.base import Backbone
 from models.catalog import resolve_spec
-from models.image import ImageBackbone, ImageLimits
 from models.export import ensure_artifact
+from models.image import ImageBackbone, ImageLimits
+from models.int8 import Int8Choice, choose_int8
 from models.runtime import OrtRunner, choose_provider, installed_runtime
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,20 @@ def load_backbone(
     spec = resolve_spec(name)
     ort_provider = choose_provider(provider)
     chosen = default_precision(ort_provider) if precision == "auto" else precision
-    model_path = ensure_artifact(spec, chosen, home)
+    int8: Int8Choice | None = None
+    if chosen == "int8":
+        # The gate may serve fp32 instead: int8 accuracy depends on this CPU's kernels.
+        int8 = choose_int8(spec, home)
+        model_path, chosen = int8.path, int8.precision
+    else:
+        model_path = ensure_artifact(spec, chosen, home)
     runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
     backbone: Backbone
     if spec.kind == "image":
         backbone = ImageBackbone(spec, runner, image_limits)
     else:
         backbone = TextBackbone(spec, runner)
+    backbone.int8 = int8.describe() if int8 else None
     log.info(
         "backbone %s ready: dim=%d provider=%s precision=%s runtime=%s fingerprint=%s",
         backbone.id, backbone.dim, backbone.provider, backbone.precision,

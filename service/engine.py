@@ -155,7 +155,10 @@ class Engine:
                 name, n, sec, waits, self.settings.batch_max_size),
             executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
         )
-        metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision).set(1)
+        gate = backbone.int8 or {}
+        recipe = gate.get("recipe") or ""
+        cosine = f"{gate['measured'][recipe]['min_cosine']:.4f}" if recipe else ""
+        metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision, recipe, cosine).set(1)
 
     def status(self) -> dict[str, Any]:
         """ready, loading, failed; or degraded: serving resident adapters, registry unreachable."""

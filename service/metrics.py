@@ -26,8 +26,9 @@ backbone_compute_seconds = Histogram(
 )
 backbone_info = Gauge(
     "graft_backbone_info",
-    "Loaded backbones with their ONNX Runtime provider and precision (value 1)",
-    ["backbone", "provider", "precision"],
+    "Loaded backbones with their ONNX Runtime provider, the precision served and, when int8 was "
+    "asked for, the recipe the int8 gate chose ('' = fp32 fallback) and its min cosine to fp32 (value 1)",
+    ["backbone", "provider", "precision", "int8_recipe", "int8_min_cosine"],
     multiprocess_mode="max",
 )
 

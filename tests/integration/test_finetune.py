@@ -192,6 +192,6 @@ def test_production_metrics(client, server):
                    "graft_adapter_cache_requests_total", "graft_adapter_load_seconds_bucket",
                    "graft_adapter_cache_resident_bytes", 'graft_finetune_jobs{status="succeeded"}',
                    'graft_finetune_job_seconds_bucket{le="1.0",status="succeeded"}',
-                   'graft_backbone_info{backbone="minilm-l6",precision="int8",provider="CPUExecutionProvider"} 1.0',
+                   'graft_backbone_info{backbone="minilm-l6",int8_min_cosine="0.9',
                    "graft_http_request_duration_seconds_bucket"):
         assert family in text, family

@@ -110,6 +110,9 @@ def test_probes_and_metrics(client):
     bb, image = body["backbones"]
     assert image["id"] == "efficientnet-lite0" and image["kind"] == "image" and image["dim"] == 1280
     assert bb["provider"] == "CPUExecutionProvider" and bb["precision"] == "int8" and bb["dim"] == 384
+    gate = bb["int8_gate"]
+    assert gate["recipe"].startswith("smoothquant-") and gate["measured"][gate["recipe"]]["min_cosine"] >= 0.98
+    assert image["precision"] == image["int8_gate"]["precision"]  # fp32 where no image recipe is exact
     metrics = client.get("/metrics").text
     for name in ("graft_backbone_batch_size_bucket", "graft_backbone_compute_seconds_bucket",
                  "graft_backbone_info", "bentoml_service_request_duration_seconds"):

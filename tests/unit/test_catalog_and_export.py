@@ -57,11 +57,13 @@ def test_failed_build_leaves_no_artifact(minilm_spec, tmp_path, monkeypatch):
 
 
 def test_existing_artifact_is_reused(minilm_spec, graft_home, monkeypatch):
-    first = export.ensure_artifact(minilm_spec, "int8", graft_home)
+    first = export.ensure_artifact(minilm_spec, "fp32", graft_home)
     monkeypatch.setattr(export, "_build", lambda *a: pytest.fail("rebuilt a cached artifact"))
-    assert export.ensure_artifact(minilm_spec, "int8", graft_home) == first
+    assert export.ensure_artifact(minilm_spec, "fp32", graft_home) == first
 
 
 def test_unknown_precision_is_refused(minilm_spec, tmp_path):
     with pytest.raises(ValueError, match="fp32"):
         export.ensure_artifact(minilm_spec, "int4", tmp_path)
+    with pytest.raises(ValueError, match="choose_int8"):
+        export.ensure_artifact(minilm_spec, "int8", tmp_path)

@@ -13,6 +13,7 @@ from models.base import ItemError
 from models.catalog import resolve_spec
 from models.export import artifact_key, ensure_artifact
 from models.image import ImageLimits, augment, decode_image, load_torch_image_encoder
+from models.int8 import choose_int8
 from models.runtime import OrtRunner
 from tests.images import encode, jpeg, picture, png
 
@@ -43,7 +44,9 @@ def backbone(graft_home):
 def test_spec_and_describe(spec, backbone, minilm_spec):
     assert spec.kind == "image" and spec.image_size == 224 and spec.path.suffix == ".pth"
     d = backbone.describe()
-    assert d["kind"] == "image" and d["dim"] == 1280 and d["precision"] == "int8"
+    assert d["kind"] == "image" and d["dim"] == 1280
+    # int8 was asked for; the gate serves it only where it meets the bar on this CPU.
+    assert d["precision"] == d["int8_gate"]["precision"] in ("int8", "fp32") and d["int8_gate"]["reason"]
     assert d["fingerprint"] == spec.fingerprint != minilm_spec.fingerprint
 
 
@@ -56,12 +59,13 @@ def test_fp32_matches_torch(spec, graft_home, pixels, reference, size):
 
 
 def test_int8_cosine_per_image(spec, graft_home, pixels, reference):
-    """Static int8 of a depthwise CNN is looser than text's int8 (per-tensor activation
-    scales): cosine 0.90-0.995 per image here. What counts is downstream quality, which
-    `make bench` measures (MNIST macro-F1 on int8 vs fp32 features)."""
-    runner = OrtRunner(ensure_artifact(spec, "int8", graft_home), "CPUExecutionProvider", "int8")
+    """What the int8 gate serves on this CPU (qdq-u8s8 where u8 x s8 sums are exact, else
+    fp32) holds the bar against torch on drawn images. The gate itself measures real photos
+    with top-1 agreement (tests/unit/test_int8.py)."""
+    served = choose_int8(spec, graft_home)
+    runner = OrtRunner(served.path, "CPUExecutionProvider", served.precision)
     cosine = (runner.run(pixels) * reference).sum(1)
-    assert cosine.min() >= 0.88 and cosine.mean() >= 0.96, cosine.round(3)
+    assert cosine.min() >= 0.88 and cosine.mean() >= 0.96, (served.reason, cosine.round(3))
 
 
 def test_int8_rows_do_not_depend_on_their_batch(backbone):

@@ -1,0 +1,409 @@
+"""int8 recipes and the accuracy gate that decides, on this processor, whether one is served.
+
+ONNX Runtime's integer kernels differ between processors: on x86 without VNNI, the u8 x s8
+path multiplies pairs into a saturating 16-bit intermediate, so the same int8 graph that is
+accurate on an AVX-512 VNNI server loses accuracy on an AVX2-only node. u8 x u8 takes a
+widening path with exact sums on every x86 kernel, and ARM's dot-product kernels are exact
+for both. So:
+
+* recipes are named and built once per artifact (the graph does not depend on the CPU);
+* the candidates for a CPU are chosen from its features (u8s8 only where it is exact);
+* a gate runs every candidate against the fp32 graph on a fixed calibration set shipped in
+  models/calibration/ (real sentences incl. one-word and empty ones; real photos), on this
+  machine's kernels, and serves the first that meets the bar, else fp32. Its verdict is
+  kept per CPU key (the features that change kernels), so another processor re-gates.
+
+Text recipes apply SmoothQuant (Xiao et al. 2023): per input channel, activations are
+divided by s and the weight rows multiplied by s, so the outlier channels of BERT-style
+encoders no longer set the per-tensor activation scale of dynamic quantisation.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.catalog import BackboneSpec
+from models.export import artifact_dir, atomic_write, ensure_artifact, locked
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_DIR = Path(__file__).parent / "calibration"
+
+# Bars the gate applies (and the tests hold). Images: static int8 of a depthwise CNN is
+# looser than text; top-1 agreement on the ImageNet classes of the backbone's own classifier
+# says whether the features still mean the same thing.
+TEXT_BAR = {"min_cosine": 0.98}
+IMAGE_BAR = {"min_cosine": 0.85, "mean_cosine": 0.96, "top1_agreement": 0.90}
+
+RECIPES: dict[str, dict[str, Any]] = {
+    # Dynamic quantisation (per-tensor uint8 activations chosen per call, per-channel weights)
+    # of every MatMul and fused Attention, after SmoothQuant with alpha 0.7.
+    "smoothquant-u8u8": {"kind": "text", "weights": "QUInt8", "smooth_alpha": 0.7, "exact_on": "all"},
+    "smoothquant-u8s8": {"kind": "text", "weights": "QInt8", "smooth_alpha": 0.7, "exact_on": "vnni-or-arm"},
+    # Static QDQ, scales calibrated once on synthetic pictures (rows never affect each other).
+    # Clip (ReLU6) and Add are listed so a Conv's output is quantised over the ReLU6 range.
+    "qdq-u8s8": {"kind": "image", "activations": "QUInt8", "weights": "QInt8", "op_types": ["Conv", "Clip", "Add"],
+                 "calibration_images": 48, "exact_on": "vnni-or-arm"},
+}
+
+
+# -- the processor ---------------------------------------------------------------------------
+
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    machine: str  # platform.machine(): x86_64, aarch64, ...
+    flags: tuple[str, ...]  # the subset of KERNEL_FLAGS this CPU has
+
+    @property
+    def arm(self) -> bool:
+        return self.machine.lower() in ("aarch64", "arm64")
+
+    @property
+    def exact_u8s8(self) -> bool:
+        """u8 x s8 sums are exact: VNNI / AMX on x86 (32-bit accumulation), any ARM64."""
+        return self.arm or any(f in self.flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+    @property
+    def key(self) -> str:
+        return f"{self.machine}-" + (hashlib.sha256(",".join(self.flags).encode()).hexdigest()[:8])
+
+    def describe(self) -> str:
+        return f"{self.machine} [{' '.join(self.flags) or 'no int8 extensions'}]"
+
+
+def cpu_features(cpuinfo: str | None = None) -> CpuFeatures:
+    """The kernel-relevant features of this CPU, from /proc/cpuinfo (Linux)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    words: set[str] = set()
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("flags", "features"):
+            words.update(value.split())
+    return CpuFeatures(platform.machine() or "unknown", tuple(f for f in KERNEL_FLAGS if f in words))
+
+
+def candidates(kind: str, cpu: CpuFeatures) -> list[str]:
+    """Recipes worth gating on this CPU, fastest first. u8s8 is left out where its sums
+    saturate; images get no int8 there at all (u8u8 QLinearConv measured 4x slower than
+    fp32 on AVX2, docs/BENCHMARKS.md), so they serve fp32."""
+    out = []
+    for name, recipe in RECIPES.items():
+        if recipe["kind"] != kind:
+            continue
+        if recipe["exact_on"] == "vnni-or-arm" and not cpu.exact_u8s8:
+            continue
+        out.append(name)
+    return sorted(out, key=lambda n: RECIPES[n]["exact_on"] == "all")  # CPU-specific first
+
+
+# -- building recipes --------------------------------------------------------------------------
+
+
+def ensure_int8(spec: BackboneSpec, recipe: str, home: Path) -> Path:
+    """The int8 graph of one recipe (built once per artifact; CPU-independent)."""
+    if recipe not in RECIPES or RECIPES[recipe]["kind"] != spec.kind:
+        known = [n for n, r in RECIPES.items() if r["kind"] == spec.kind]
+        raise ValueError(f"unknown int8 recipe {recipe!r} for a {spec.kind} backbone: use one of {known}")
+    folder = artifact_dir(spec, home)
+    target = folder / recipe_file(recipe)
+    if target.is_file():
+        return target
+    source = ensure_artifact(spec, "fp32", home)
+    with locked(folder / ".lock"):
+        if not target.is_file():
+            started = time.perf_counter()
+            with atomic_write(target) as tmp:
+                if spec.kind == "image":
+                    _quantize_image(spec, source.with_name("raw.onnx"), tmp, RECIPES[recipe])
+                else:
+                    _quantize_text(spec, source, tmp, RECIPES[recipe])
+            log.info("built %s int8 recipe %s in %.1f s", spec.id, recipe, time.perf_counter() - started)
+    return target
+
+
+def recipe_file(recipe: str) -> str:
+    """File name of a recipe's graph; it changes when the recipe does."""
+    digest = hashlib.sha256(json.dumps(RECIPES[recipe], sort_keys=True).encode()).hexdigest()[:8]
+    return f"int8-{recipe}-{digest}.onnx"
+
+
+def _gate_version() -> str:
+    """Changes when the recipes, the bars or the calibration set change: the gate reruns."""
+    h = hashlib.sha256(json.dumps([RECIPES, TEXT_BAR, IMAGE_BAR], sort_keys=True).encode())
+    for path in sorted(CALIBRATION_DIR.rglob("*")):
+        if path.is_file():
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:8]
+
+
+def calibration_texts() -> list[str]:
+    return list(json.loads((CALIBRATION_DIR / "texts.json").read_text())["texts"])
+
+
+def _quantize_text(spec: BackboneSpec, fp32: Path, out: Path, recipe: dict[str, Any]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from models.text import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    feeds = []
+    for text in calibration_texts()[::2]:  # half set the scales; the gate measures on all
+        ids, mask, _ = tokenizer.encode([text])
+        feeds.append({"input_ids": ids, "attention_mask": mask})
+    smoothed = out.with_name(out.stem + ".smooth.onnx")
+    try:
+        smooth_quant(fp32, smoothed, feeds, recipe["smooth_alpha"])
+        quantize_dynamic(
+            str(smoothed), str(out),
+            per_channel=True,
+            weight_type=getattr(QuantType, recipe["weights"]),
+            op_types_to_quantize=["MatMul", "Attention"],
+            # The fused Attention/SkipLayerNorm ops are in the com.microsoft domain, where
+            # shape inference gives no types; their outputs are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        smoothed.unlink(missing_ok=True)
+
+
+def smooth_quant(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], alpha: float) -> None:
+    """Insert x / s before every MatMul (and fused Attention) with a constant weight and fold
+    s into the weight rows: s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), with max|x_j| seen
+    over `feeds`. The graph computes the same function in fp32; int8 of it loses far less."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    targets = [n for n in graph.node if n.op_type in ("MatMul", "Attention") and n.input[1] in weights]
+    observed = sorted({n.input[0] for n in targets})
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in observed:
+        probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    amax: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        values = session.run(observed, feed)
+        for name, value in zip(observed, values):
+            m = np.abs(value.reshape(-1, value.shape[-1])).max(0)
+            amax[name] = np.maximum(amax[name], m) if name in amax else m
+
+    for node in targets:
+        w = numpy_helper.to_array(weights[node.input[1]])
+        s = amax[node.input[0]] ** alpha / np.maximum(np.abs(w).max(1), 1e-5) ** (1 - alpha)
+        s = np.clip(s, 1e-2, 1e3).astype(np.float32)
+        weights[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
+        inverse = f"{node.name}_smooth_inverse"
+        graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), inverse))
+        smoothed = f"{node.input[0]}_{node.name}_smoothed"
+        graph.node.append(helper.make_node("Mul", [node.input[0], inverse], [smoothed], name=f"{node.name}_smooth"))
+        node.input[0] = smoothed
+    _sort_topologically(graph)
+    onnx.save(model, str(dst))
+
+
+def _sort_topologically(graph: Any) -> None:
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = [n for n in pending if not all(x in ready for x in n.input)]
+        for n in pending:
+            if n not in rest:
+                ordered.append(n)
+                ready.update(n.output)
+        if len(rest) == len(pending):
+            raise ValueError("the graph has a cycle or an input nobody produces")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _quantize_image(spec: BackboneSpec, raw: Path, out: Path, recipe: dict[str, Any]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from models.image import calibration_images
+
+    images = calibration_images(recipe["calibration_images"], spec.image_size)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter([{"pixels": images[i : i + 8]} for i in range(0, len(images), 8)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self._batches, None)
+
+    prepared = out.with_name(out.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out), Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=getattr(QuantType, recipe["activations"]),
+            weight_type=getattr(QuantType, recipe["weights"]),
+            op_types_to_quantize=recipe["op_types"],
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Int8Choice:
+    """What the gate decided for one backbone on one CPU: the path and precision served."""
+
+    path: Path
+    precision: str  # "int8" or "fp32" (fallback)
+    recipe: str | None
+    cpu: str
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)  # recipe -> figures
+    reason: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("path")
+        return out
+
+
+def choose_int8(spec: BackboneSpec, home: Path, cpu: CpuFeatures | None = None) -> Int8Choice:
+    """Gate the candidate recipes on this CPU (once per CPU key; the verdict is kept beside
+    the artifacts) and return the first that meets the bar, or the fp32 graph."""
+    cpu = cpu or cpu_features()
+    folder = artifact_dir(spec, home)
+    fp32 = ensure_artifact(spec, "fp32", home)
+    verdict_file = folder / f"int8-gate-{cpu.key}-{_gate_version()}.json"
+    if not verdict_file.is_file():
+        names = candidates(spec.kind, cpu)
+        paths = {name: ensure_int8(spec, name, home) for name in names}
+        with locked(folder / ".lock"):
+            if not verdict_file.is_file():
+                verdict = gate(spec, fp32, paths, cpu)
+                with atomic_write(verdict_file) as tmp:
+                    tmp.write_text(json.dumps(verdict, indent=2))
+    verdict = json.loads(verdict_file.read_text())
+    recipe = verdict["recipe"]
+    choice = Int8Choice(
+        path=folder / recipe_file(recipe) if recipe else fp32,
+        precision="int8" if recipe else "fp32",
+        recipe=recipe, cpu=verdict["cpu"], measured=verdict["measured"], reason=verdict["reason"],
+    )
+    log_fn = log.info if recipe else log.warning
+    log_fn("%s int8 gate on %s: %s", spec.id, choice.cpu, choice.reason)
+    return choice
+
+
+def gate(spec: BackboneSpec, fp32: Path, recipes: dict[str, Path], cpu: CpuFeatures) -> dict[str, Any]:
+    """Measure each recipe against fp32 on the shipped calibration set; the first that meets
+    the bar wins. Returns the verdict (JSON-able)."""
+    bar = IMAGE_BAR if spec.kind == "image" else TEXT_BAR
+    measure = _measure_image if spec.kind == "image" else _measure_text
+    measured: dict[str, dict[str, float]] = {}
+    chosen, misses = None, []
+    for name, path in recipes.items():
+        figures = measure(spec, fp32, path)
+        measured[name] = figures
+        missed = [f"{k} {figures[k]:.4f} < {v}" for k, v in bar.items() if figures[k] < v]
+        if missed:
+            misses.append(f"{name}: {', '.join(missed)}")
+            continue
+        chosen = name
+        break
+    if chosen:
+        figures = measured[chosen]
+        reason = f"serving int8 recipe {chosen} (" + ", ".join(f"{k} {figures[k]:.4f}" for k in bar) + ")"
+    elif recipes:
+        reason = "serving fp32: no int8 recipe met the bar on this CPU (" + "; ".join(misses) + ")"
+    else:
+        reason = (f"serving fp32: no int8 recipe for {spec.kind} backbones is exact on this CPU "
+                  "(u8 x s8 sums saturate without VNNI; see docs/BENCHMARKS.md)")
+    return {"recipe": chosen, "cpu": cpu.describe(), "bar": bar, "measured": measured, "reason": reason}
+
+
+def _session(path: Path):  # -> ort.InferenceSession
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _summary(cosine: np.ndarray) -> dict[str, float]:
+    return {"min_cosine": float(cosine.min()), "p1_cosine": float(np.percentile(cosine, 1)),
+            "mean_cosine": float(cosine.mean()), "items": float(len(cosine))}
+
+
+def _measure_text(spec: BackboneSpec, fp32: Path, int8: Path) -> dict[str, float]:
+    """Row by row, as int8 text is served (dynamic scales are per call)."""
+    from models.text import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    ref, got = _session(fp32), _session(int8)
+    cosine = []
+    for text in calibration_texts():
+        ids, mask, _ = tokenizer.encode([text])
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        a, b = ref.run(["embeddings"], feeds)[0][0], got.run(["embeddings"], feeds)[0][0]
+        cosine.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return _summary(np.array(cosine))
+
+
+def calibration_photos(size: int = 224) -> np.ndarray:
+    """Four views (centre and three off-centre crops) of each shipped photo, as uint8 pixels."""
+    from PIL import Image
+
+    views = []
+    for path in sorted(glob.glob(str(CALIBRATION_DIR / "photos" / "*.jpg"))):
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+        w, h = img.size
+        s = min(w, h)
+        for box in ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2), (0, 0, s * 0.6, s * 0.6), \
+                   (w - s * 0.6, h - s * 0.6, w, h), (w * 0.2, h * 0.3, w * 0.2 + s * 0.45, h * 0.3 + s * 0.45):
+            views.append(np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8))
+    return np.stack(views)
+
+
+def _measure_image(spec: BackboneSpec, fp32: Path, int8: Path) -> dict[str, float]:
+    """Cosine of the pooled features and top-1 agreement of the backbone's ImageNet classifier
+    (the graph's second output) on the shipped photos."""
+    pixels = calibration_photos(spec.image_size)
+    outputs = ["embeddings", "logits"]
+    ref, got = _session(fp32), _session(int8)
+    a = [ref.run(outputs, {"pixels": pixels[i : i + 8]}) for i in range(0, len(pixels), 8)]
+    b = [got.run(outputs, {"pixels": pixels[i : i + 8]}) for i in range(0, len(pixels), 8)]
+    ea, eb = np.concatenate([x[0] for x in a]), np.concatenate([x[0] for x in b])
+    top_a, top_b = np.concatenate([x[1] for x in a]).argmax(1), np.concatenate([x[1] for x in b]).argmax(1)
+    cosine = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
+    return {**_summary(cosine), "top1_agreement": float((top_a == top_b).mean())}
