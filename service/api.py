@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
+from service.auth import check_admin_key
 from service.engine import Engine
 from service.grpc_server import GrpcServer
 from service.http import app
@@ -24,6 +25,8 @@ from service.settings import get_settings
 from service.worker import WorkerPool
 
 settings = get_settings()
+if settings.admin_key:  # refuse a guessable key before BentoML starts any worker (it exits)
+    check_admin_key(settings.admin_key, "GRAFT_ADMIN_KEY")
 
 
 def _route_logs_through_bentoml() -> None:

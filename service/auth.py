@@ -48,20 +48,45 @@ class Principal:
 ADMIN = Principal(None)
 
 
+MIN_ADMIN_KEY_CHARS = 32
+
+
 def load_admin_key(settings: Settings) -> str:
-    """GRAFT_ADMIN_KEY, or a key generated on first start into GRAFT_HOME/admin.key (0600)."""
+    """GRAFT_ADMIN_KEY, or a key generated on first start into GRAFT_HOME/admin.key (0600).
+
+    The generated key is written to a temporary file and linked into place, so a second
+    worker never reads a half-written (empty) file. A key shorter than 32 characters, from
+    either source, is refused: the process must not serve with a guessable admin key.
+    """
     if settings.admin_key:
-        return settings.admin_key
+        return check_admin_key(settings.admin_key, "GRAFT_ADMIN_KEY")
     path = Path(settings.home) / "admin.key"
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_urlsafe(32) + "\n")
-    log.warning("generated an admin key into %s (mode 0600); set GRAFT_ADMIN_KEY to choose your own", path.resolve())
-    return path.read_text().strip()
+    if not path.exists():
+        tmp = path.with_name(f".admin.key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+            os.link(tmp, path)  # atomic, and never replaces a key another process wrote first
+            log.warning("generated an admin key into %s (mode 0600); set GRAFT_ADMIN_KEY to choose your own",
+                        path.resolve())
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return check_admin_key(path.read_text(), str(path))
+
+
+def check_admin_key(key: str, source: str) -> str:
+    key = key.strip()
+    if len(key) < MIN_ADMIN_KEY_CHARS:
+        raise ValueError(
+            f"the admin key from {source} has {len(key)} characters; use at least {MIN_ADMIN_KEY_CHARS} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset GRAFT_ADMIN_KEY "
+            "and remove the file to have one generated"
+        )
+    return key
 
 
 class Authenticator:
@@ -76,6 +101,8 @@ class Authenticator:
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthenticated("send your key as `Authorization: Bearer <key>`")
         key = authorization[7:].strip()
+        if not key:  # "Bearer " followed by nothing but (Unicode) whitespace
+            raise Unauthenticated("the key is empty: send `Authorization: Bearer <key>`")
         digest = hash_key(key)
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN

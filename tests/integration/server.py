@@ -13,7 +13,7 @@ import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_KEY = "graft-test-admin-key"
+ADMIN_KEY = "graft-test-admin-key-of-forty-characters-x"
 
 
 def bearer(key: str) -> dict[str, str]:

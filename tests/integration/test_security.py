@@ -220,3 +220,22 @@ def test_generated_admin_key_is_private_and_not_logged(graft_home, tmp_path):
         assert srv.client(key).post("/v1/tenants", json={"tenant": "by-generated-key"}).status_code == 201
     finally:
         srv.stop()
+
+
+def test_a_short_admin_key_stops_the_server(graft_home, tmp_path):
+    """A guessable admin key is refused at start: the process exits and never serves."""
+    srv = Server(graft_home, tmp_path / "s.log", GRAFT_ADMIN_KEY="not-long-enough",
+                 GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db", GRAFT_TRAIN_WORKERS="0")
+    try:
+        with pytest.raises(RuntimeError, match="server exited"):
+            srv.start(timeout=120, ready=False)
+        assert "at least 32" in srv.log_path.read_text()
+    finally:
+        srv.stop()
+
+
+def test_blank_bearer_tokens_are_401(server):
+    for header in ("Bearer \u00a0", "Bearer \x85", "Bearer \u00a0\x85"):  # NBSP, NEL (latin-1 bytes)
+        with server.client(None) as c:
+            r = c.post("/v1/embed", json={"inputs": ["x"]}, headers={"authorization": header.encode("latin-1")})
+            assert r.status_code == 401 and "empty" in r.text, (header, r.text)
