@@ -1,366 +1,58 @@
-"""The transport-agnostic core: backbones, cross-tenant micro-batching, adapters.
+"""The transport-agnostic core, wired once: HTTP (service/http.py) and gRPC
+(service/grpc_server.py) call the same four parts of one Engine.
 
-HTTP (and the gRPC server to come) call the Engine; it holds no transport logic and no ML
-beyond wiring: one backbone pass per micro-batch, whatever tenants the rows belong to,
-then each (tenant, adapter) group of rows through its head.
+    engine.inference  backbones, micro-batches, adapter cache: embed, predict
+    engine.tenancy    tenants, keys, authentication, rate limits
+    engine.versions   zero-shot adapters, versions, promote, rollback, delete
+    engine.jobs       fine-tune jobs: submit, status, events, cancel, list
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from adapters import format as adapter_format
-from adapters import zero_shot
-from adapters.cache import AdapterCache, BackboneRef
-from adapters.format import Adapter
-from adapters.jobs import Job, JobQueue
-from adapters.keys import KeyInfo, KeyStore
-from adapters.registry import AdapterInfo, Registry, VersionInfo, default_url
-from models import Backbone, load_backbone
-from models.base import ItemError
-from models.catalog import catalog_ids
-from service import metrics
-from service.auth import Authenticator, Principal, load_admin_key
-from service.batching import MicroBatcher
-from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
-from service.limits import TokenBuckets
+from adapters.registry import Registry, default_url
+from service.inference import Inference
+from service.jobs import Jobs
 from service.settings import Settings
-from service.uploads import check_examples
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Work:
-    """One item in a micro-batch, with the head (if any) its row goes through."""
-
-    item: Any
-    head: Adapter | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    vector: np.ndarray
-    truncated: bool
-    scores: np.ndarray | None
-
-
-def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
-    """One backbone call for the whole batch, then one head call per distinct adapter."""
-    started = time.perf_counter()
-    result = backbone.embed([w.item for w in work])
-    heads_started = time.perf_counter()
-    metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
-    scores: list[np.ndarray | None] = [None] * len(work)
-    groups: dict[int, list[int]] = {}
-    for i, w in enumerate(work):
-        if w.head is not None:
-            groups.setdefault(id(w.head), []).append(i)
-    for rows in groups.values():
-        head = work[rows[0]].head
-        assert head is not None
-        for i, p in zip(rows, head.predict_proba(result.vectors[rows])):
-            scores[i] = p
-    if groups:
-        metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
-    return [Row(result.vectors[i], result.truncated[i], scores[i]) for i in range(len(work))]
-
-
-@dataclass(frozen=True)
-class Embedding:
-    backbone: Backbone
-    vectors: np.ndarray
-    truncated: list[bool]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    tenant: str
-    adapter: str
-    version: int
-    backbone: str
-    predictions: list[dict[str, Any]]
+from service.tenancy import Tenancy
+from service.versions import Versions
 
 
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
-        self.backbones: dict[str, Backbone] = {}
-        self._batchers: dict[str, MicroBatcher[Work, Row]] = {}
-        # CPU backbones take turns on one thread: each pass gets every core, and passes of
-        # different backbones alternate (FIFO) instead of fighting over the cores, so text
-        # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
-        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
-        self._failure: str | None = None
-        self._loading: asyncio.Task[None] | None = None
         self.registry = registry or Registry(settings.database_url or default_url(settings.home))
-        self.cache = AdapterCache(
-            self.registry,
-            self._backbone_ref,
-            max_bytes=settings.cache_max_mb * 1024 * 1024,
-            poll_interval_s=settings.registry_poll_ms / 1000,
-            events=metrics.cache_events(),
-        )
-        self.jobs = JobQueue(self.registry, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts)
-        self.keys = KeyStore(self.registry)
-        self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s)
-        self.rate = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
-
-    # -- lifecycle -------------------------------------------------------------------
+        self.inference = Inference(settings, self.registry)
+        self.tenancy = Tenancy(settings, self.registry)
+        self.versions = Versions(settings, self.registry, self.inference)
+        self.jobs = Jobs(settings, self.registry, self.inference)
 
     @property
     def ready(self) -> bool:
-        return bool(self.backbones) and len(self.backbones) == len(self.settings.backbones)
+        return self.inference.ready
 
     def start(self) -> None:
         """Load backbones in the background (so /livez answers meanwhile); watch the registry."""
-        if self._loading is None:
-            self._loading = asyncio.get_running_loop().create_task(self._load_all(), name="load-backbones")
-            self.cache.start()
+        self.inference.start()
 
     async def wait_ready(self) -> None:
-        self.start()
-        assert self._loading is not None
-        await self._loading
-
-    async def _load_all(self) -> None:
-        s = self.settings
-        for name in s.backbones:
-            try:
-                backbone = await asyncio.to_thread(
-                    load_backbone, name, s.home,
-                    precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
-                    image_limits=s.image_limits(),
-                )
-            except Exception as e:
-                self._failure = f"backbone {name!r} failed to load: {e}"
-                log.exception("backbone %s failed to load", name)
-                return
-            self._add(backbone)
-
-    def _add(self, backbone: Backbone) -> None:
-        self.backbones[backbone.id] = backbone
-        self._batchers[backbone.id] = MicroBatcher(
-            backbone.id,
-            lambda work, b=backbone: backbone_pass(b, work),
-            max_size=self.settings.batch_max_size,
-            max_wait_s=self.settings.batch_max_wait_ms / 1000,
-            on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
-                name, n, sec, waits, self.settings.batch_max_size),
-            executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
-        )
-        gate = backbone.int8 or {}
-        recipe = gate.get("recipe") or ""
-        cosine = f"{gate['measured'][recipe]['min_cosine']:.4f}" if recipe else ""
-        metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision, recipe, cosine).set(1)
+        await self.inference.wait_ready()
 
     def status(self) -> dict[str, Any]:
         """ready, loading, failed; or degraded: serving resident adapters, registry unreachable."""
-        state = "ready" if self.ready else ("failed" if self._failure else "loading")
-        if state == "ready" and not self.cache.registry_ok:
+        inference = self.inference
+        state = "ready" if inference.ready else ("failed" if inference.failure else "loading")
+        if state == "ready" and not inference.cache.registry_ok:
             state = "degraded"
         body: dict[str, Any] = {
             "status": state,
-            "registry": "ok" if self.cache.registry_ok else "unreachable",
-            "backbones": [b.describe() for b in self.backbones.values()],
+            "registry": "ok" if inference.cache.registry_ok else "unreachable",
+            "backbones": [b.describe() for b in inference.backbones.values()],
         }
-        if self._failure:
-            body["error"] = self._failure
+        if inference.failure:
+            body["error"] = inference.failure
         return body
 
     async def close(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-        await self.cache.close()
-        for batcher in self._batchers.values():
-            await batcher.close()
-        self._cpu_lane.shutdown(wait=True)
+        await self.inference.close()
         self.registry.close()
-
-    # -- backbones -------------------------------------------------------------------
-
-    def backbone(self, name: str | None) -> Backbone:
-        """The loaded backbone by id; 404 when Graft does not know it, 409 when not loaded here."""
-        name = name or self.settings.default_backbone
-        if name in self.backbones:
-            return self.backbones[name]
-        if self._failure:
-            raise Unavailable(f"{self._failure}; see the server log and /readyz")
-        if not self.ready:
-            raise Unavailable("backbones are still loading; retry shortly (see /readyz)")
-        if name not in catalog_ids():  # request names never reach the filesystem
-            raise NotFound(
-                f"unknown backbone {name!r}; loaded here: {sorted(self.backbones)}",
-                {"backbone": name, "available": sorted(self.backbones)},
-            )
-        raise Conflict(
-            f"backbone {name!r} is not loaded on this server; add it to GRAFT_BACKBONES",
-            {"backbone": name, "available": sorted(self.backbones)},
-        )
-
-    def _backbone_ref(self, name: str) -> BackboneRef | None:
-        b = self.backbones.get(name)
-        return BackboneRef(b.fingerprint, b.dim) if b else None
-
-    async def prepare_items(self, backbone: Backbone, items: list[Any]) -> list[Any]:
-        """Items checked and made ready for the backbone (images decoded, off the event
-        loop), or a 400/413 naming the first bad one."""
-        limit = self.settings.max_batch_items
-        if not items:
-            raise InvalidInput("inputs is empty: send at least one item")
-        if len(items) > limit:
-            raise PayloadTooLarge(
-                f"{len(items)} inputs in one request; the limit is {limit} (GRAFT_MAX_BATCH_ITEMS): split it",
-                {"items": len(items), "limit": limit},
-            )
-        if backbone.kind == "image":
-            return await asyncio.to_thread(self._prepare, backbone, items)
-        return self._prepare(backbone, items)
-
-    def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:
-        ready = []
-        for i, item in enumerate(items):
-            try:
-                ready.append(backbone.prepare(item))
-            except ItemError as e:
-                raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{i}]: {e}", {"index": i}) from None
-            if isinstance(item, str) and len(item) > self.settings.max_text_chars:
-                raise PayloadTooLarge(
-                    f"inputs[{i}] has {len(item)} characters; the limit is "
-                    f"{self.settings.max_text_chars} (GRAFT_MAX_TEXT_CHARS)",
-                    {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
-                )
-        return ready
-
-    async def _run(self, backbone: Backbone, work: list[Work]) -> list[Row]:
-        return await self._batchers[backbone.id].submit(work)
-
-    # -- inference -------------------------------------------------------------------
-
-    def admit(self, principal: Principal) -> None:
-        """The per-tenant rate limit on inference (the admin is not limited)."""
-        if principal.tenant is not None:
-            self.rate.take(principal.tenant)
-
-    async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
-        model = self.backbone(backbone)
-        ready = await self.prepare_items(model, items)
-        rows = await self._run(model, [Work(item) for item in ready])
-        return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows])
-
-    async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
-        if top_k < 1:
-            raise InvalidInput("top_k must be at least 1")
-        async with self.cache.lease(tenant, adapter) as head:
-            model = self.backbone(head.config.backbone)
-            ready = await self.prepare_items(model, items)
-            rows = await self._run(model, [Work(item, head) for item in ready])
-        labels = head.labels
-        k = min(top_k, len(labels))
-        predictions = []
-        for row in rows:
-            assert row.scores is not None
-            order = np.argsort(-row.scores)[:k]
-            top = [{"label": labels[i], "score": float(row.scores[i])} for i in order]
-            predictions.append({**top[0], "top": top, "truncated": row.truncated})
-        return Prediction(tenant, adapter, head.version, model.id, predictions)
-
-    # -- adapters --------------------------------------------------------------------
-
-    async def create_tenant(self, tenant: str) -> str:
-        """The tenant and its first key (shown once)."""
-        await asyncio.to_thread(self.registry.create_tenant, tenant)
-        _, key = await asyncio.to_thread(self.keys.issue, tenant)
-        return key
-
-    async def issue_key(self, tenant: str) -> tuple[KeyInfo, str]:
-        return await asyncio.to_thread(self.keys.issue, tenant)
-
-    async def revoke_key(self, tenant: str, key_id: str) -> None:
-        await asyncio.to_thread(self.keys.revoke, tenant, key_id)
-
-    async def list_keys(self, tenant: str) -> list[KeyInfo]:
-        return await asyncio.to_thread(self.keys.list, tenant)
-
-    async def create_zero_shot(
-        self, tenant: str, adapter: str, labels: list[str],
-        descriptions: dict[str, str] | None = None, backbone: str | None = None,
-    ) -> int:
-        """Version 1 of a new adapter: a head from the backbone's embeddings of the labels."""
-        zero_shot.check_labels(labels, descriptions)
-        if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
-            raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
-        model = self.backbone(backbone)
-        if model.kind != "text":
-            raise InvalidInput(
-                f"zero-shot adapters embed the label names as text, and backbone {model.id!r} embeds "
-                f"{model.kind}s: train an adapter from labeled examples with POST /v1/finetune",
-                {"backbone": model.id, "kind": model.kind},
-            )
-        texts = zero_shot.label_texts(labels, descriptions)
-        ready = await self.prepare_items(model, texts)
-        rows = await self._run(model, [Work(t) for t in ready])
-        config, tensors = zero_shot.build(
-            model.id, model.fingerprint, labels, np.stack([r.vector for r in rows]), descriptions
-        )
-        config, weights = adapter_format.encode(config, tensors)
-        return await asyncio.to_thread(self.registry.create_adapter, tenant, adapter, config, weights,
-                                       max_adapters=self.settings.max_adapters_per_tenant)
-
-    async def list_adapters(self, tenant: str) -> list[AdapterInfo]:
-        return await asyncio.to_thread(self.registry.list_adapters, tenant)
-
-    async def list_versions(self, tenant: str, adapter: str) -> list[VersionInfo]:
-        return await asyncio.to_thread(self.registry.list_versions, tenant, adapter)
-
-    async def promote(self, tenant: str, adapter: str, version: int) -> int:
-        v = await asyncio.to_thread(self.registry.promote, tenant, adapter, version)
-        await self.cache.refresh()  # this replica serves it at once; others within a poll
-        return v
-
-    async def rollback(self, tenant: str, adapter: str) -> int:
-        v = await asyncio.to_thread(self.registry.rollback, tenant, adapter)
-        await self.cache.refresh()
-        return v
-
-    async def delete_adapter(self, tenant: str, adapter: str) -> None:
-        await asyncio.to_thread(self.registry.delete_adapter, tenant, adapter)
-        await self.cache.refresh()
-
-    # -- fine-tuning -----------------------------------------------------------------
-
-    async def finetune(self, tenant: str, adapter: str, backbone: str | None,
-                       examples: list[Any], params: dict[str, Any]) -> Job:
-        """Validate and queue a job; a worker process trains it (202 with the job id)."""
-        if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
-            raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
-        model = self.backbone(backbone)
-        if params.get("augment") and model.kind != "image":
-            raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
-        clean = await asyncio.to_thread(
-            check_examples, examples, kind=model.kind, prepare=model.prepare,
-            max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,
-        )
-        return await asyncio.to_thread(
-            self.jobs.submit, tenant, adapter, model.id, clean, params,
-            max_queued=self.settings.max_queued_jobs, max_per_tenant=self.settings.max_tenant_jobs,
-        )
-
-    # Jobs are looked up within the caller's tenant (None: the admin sees all).
-    async def job(self, job_id: str, tenant: str | None) -> Job:
-        return await asyncio.to_thread(self.jobs.get, job_id, tenant)
-
-    async def job_events(self, job_id: str, tenant: str | None) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.jobs.events, job_id, tenant)
-
-    async def cancel_job(self, job_id: str, tenant: str | None) -> Job:
-        return await asyncio.to_thread(self.jobs.cancel, job_id, tenant)
-
-    async def list_jobs(self, tenant: str) -> list[Job]:
-        return await asyncio.to_thread(self.jobs.list, tenant)

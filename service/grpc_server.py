@@ -45,7 +45,7 @@ def rpc(fn: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable
         started, code = time.perf_counter(), "OK"
         try:
             metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-            who = await self.engine.auth.authenticate(metadata.get("authorization"))
+            who = await self.engine.tenancy.authenticate(metadata.get("authorization"))
             remaining = context.time_remaining()
             try:
                 if remaining is None:
@@ -92,8 +92,8 @@ class GraftServicer(pb_grpc.GraftServicer):
     @rpc
     async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
         items = _items(request)
-        self.engine.admit(who)
-        out = await self.engine.embed(items, request.backbone or None)
+        self.engine.tenancy.admit(who)
+        out = await self.engine.inference.embed(items, request.backbone or None)
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
             embeddings=[pb.Vector(values=row) for row in out.vectors.tolist()],
@@ -106,8 +106,8 @@ class GraftServicer(pb_grpc.GraftServicer):
         body = PredictRequest(tenant=request.tenant, adapter=request.adapter or "default",
                               inputs=[], top_k=request.top_k or 1)
         who.authorize(body.tenant)
-        self.engine.admit(who)
-        out = await self.engine.predict(body.tenant, body.adapter, items, body.top_k)
+        self.engine.tenancy.admit(who)
+        out = await self.engine.inference.predict(body.tenant, body.adapter, items, body.top_k)
         return pb.PredictResponse(
             tenant=out.tenant, adapter=out.adapter, version=out.version, backbone=out.backbone,
             predictions=[
@@ -128,23 +128,23 @@ class GraftServicer(pb_grpc.GraftServicer):
         )
         assert body.params is not None
         who.authorize(body.tenant)
-        job = await self.engine.finetune(body.tenant, body.adapter, body.backbone, body.examples,
+        job = await self.engine.jobs.submit(body.tenant, body.adapter, body.backbone, body.examples,
                                          body.params.model_dump())
         return _job(job)
 
     @rpc
     async def GetJob(self, request: pb.GetJobRequest, who: Principal) -> pb.Job:
-        return _job(await self.engine.job(request.job_id, who.tenant))
+        return _job(await self.engine.jobs.get(request.job_id, who.tenant))
 
     @rpc
     async def CancelJob(self, request: pb.CancelJobRequest, who: Principal) -> pb.Job:
-        return _job(await self.engine.cancel_job(request.job_id, who.tenant))
+        return _job(await self.engine.jobs.cancel(request.job_id, who.tenant))
 
     @rpc
     async def ListAdapters(self, request: pb.ListAdaptersRequest, who: Principal) -> pb.ListAdaptersResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant
         who.authorize(tenant)
-        infos = await self.engine.list_adapters(tenant)
+        infos = await self.engine.versions.list_adapters(tenant)
         return pb.ListAdaptersResponse(tenant=tenant, adapters=[
             pb.AdapterSummary(adapter=i.adapter, backbone=i.backbone, active_version=i.active_version or 0,
                               versions=i.versions)
@@ -157,7 +157,7 @@ class GraftServicer(pb_grpc.GraftServicer):
         adapter = TenantRequest(tenant=request.adapter).tenant  # same name rule
         version = PromoteRequest(version=request.version).version
         who.authorize(tenant)
-        active = await self.engine.promote(tenant, adapter, version)
+        active = await self.engine.versions.promote(tenant, adapter, version)
         return pb.PromoteResponse(tenant=tenant, adapter=adapter, active_version=active)
 
 

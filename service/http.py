@@ -52,7 +52,7 @@ def engine() -> Engine:
 
 
 async def caller(request: Request) -> Principal:
-    return await engine().auth.authenticate(request.headers.get("authorization"))
+    return await engine().tenancy.authenticate(request.headers.get("authorization"))
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -133,8 +133,8 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
     """Embed texts or images with a frozen backbone; rows are L2-normalised. Any valid key."""
     body = await parse(EmbedRequest, request)
-    engine().admit(who)
-    out = await engine().embed(raw_items(body.inputs), body.backbone)
+    engine().tenancy.admit(who)
+    out = await engine().inference.embed(raw_items(body.inputs), body.backbone)
     return _json({
         "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
         "truncated": [i for i, t in enumerate(out.truncated) if t],
@@ -146,8 +146,8 @@ async def predict(request: Request, who: Principal = Depends(caller)) -> Respons
     """Classify items with a tenant's adapter (its active version) on the shared backbone."""
     body = await parse(PredictRequest, request)
     who.authorize(body.tenant)
-    engine().admit(who)
-    out = await engine().predict(body.tenant, body.adapter, raw_items(body.inputs), body.top_k)
+    engine().tenancy.admit(who)
+    out = await engine().inference.predict(body.tenant, body.adapter, raw_items(body.inputs), body.top_k)
     return _json({"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
                   "backbone": out.backbone, "predictions": out.predictions})
 
@@ -161,7 +161,7 @@ async def create_tenant(request: Request, who: Principal = Depends(caller)) -> R
     """Admin: a tenant and its first API key (shown once)."""
     who.require_admin()
     body = await parse(TenantRequest, request)
-    key = await engine().create_tenant(body.tenant)
+    key = await engine().tenancy.create_tenant(body.tenant)
     return _json({"tenant": body.tenant, "api_key": key}, 201)
 
 
@@ -169,14 +169,14 @@ async def create_tenant(request: Request, who: Principal = Depends(caller)) -> R
 async def issue_key(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
     """Admin: another key for the tenant (rotation: issue, switch clients, revoke the old)."""
     who.require_admin()
-    info, key = await engine().issue_key(tenant)
+    info, key = await engine().tenancy.issue_key(tenant)
     return _json({"tenant": tenant, "key_id": info.key_id, "api_key": key}, 201)
 
 
 @app.get("/v1/tenants/{tenant}/keys", response_model=KeyList, responses=ERRORS)
 async def list_keys(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
     who.require_admin()
-    keys = await engine().list_keys(tenant)
+    keys = await engine().tenancy.list_keys(tenant)
     return _json({"tenant": tenant, "keys": [
         {"key_id": k.key_id, "created_at": k.created_at, "revoked": k.revoked} for k in keys]})
 
@@ -186,7 +186,7 @@ async def revoke_key(tenant: str = TenantPath, key_id: str = Path(pattern=r"^[0-
                      who: Principal = Depends(caller)) -> Response:
     """Admin: revoke a key (every replica refuses it within GRAFT_KEY_CACHE_S)."""
     who.require_admin()
-    await engine().revoke_key(tenant, key_id)
+    await engine().tenancy.revoke_key(tenant, key_id)
     return await list_keys(tenant, who)
 
 
@@ -199,7 +199,7 @@ async def create_adapter(request: Request, who: Principal = Depends(caller)) -> 
     """A zero-shot adapter from label names: version 1, serving at once."""
     body = await parse(CreateAdapterRequest, request)
     who.authorize(body.tenant)
-    version = await engine().create_zero_shot(body.tenant, body.adapter, body.labels, body.descriptions, body.backbone)
+    version = await engine().versions.create_zero_shot(body.tenant, body.adapter, body.labels, body.descriptions, body.backbone)
     return _json({"tenant": body.tenant, "adapter": body.adapter, "version": version,
                   "backbone": body.backbone or settings.default_backbone, "labels": body.labels}, 201)
 
@@ -207,7 +207,7 @@ async def create_adapter(request: Request, who: Principal = Depends(caller)) -> 
 @app.get("/v1/tenants/{tenant}/adapters", response_model=AdapterList, responses=ERRORS)
 async def list_adapters(tenant: str = TenantPath, who: Principal = Depends(caller)) -> AdapterList:
     who.authorize(tenant)
-    infos = await engine().list_adapters(tenant)
+    infos = await engine().versions.list_adapters(tenant)
     return AdapterList(tenant=tenant, adapters=[
         AdapterSummary(adapter=i.adapter, backbone=i.backbone, active_version=i.active_version, versions=i.versions)
         for i in infos
@@ -218,7 +218,7 @@ async def list_adapters(tenant: str = TenantPath, who: Principal = Depends(calle
 async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
                         who: Principal = Depends(caller)) -> VersionList:
     who.authorize(tenant)
-    versions = await engine().list_versions(tenant, adapter)
+    versions = await engine().versions.list_versions(tenant, adapter)
     return VersionList(tenant=tenant, adapter=adapter, versions=[
         VersionDetail(
             version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
@@ -235,7 +235,7 @@ async def promote(request: Request, tenant: str = TenantPath, adapter: str = Ada
                   who: Principal = Depends(caller)) -> ActiveVersion:
     who.authorize(tenant)
     body = await parse(PromoteRequest, request)
-    version = await engine().promote(tenant, adapter, body.version)
+    version = await engine().versions.promote(tenant, adapter, body.version)
     return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
 
 
@@ -243,7 +243,7 @@ async def promote(request: Request, tenant: str = TenantPath, adapter: str = Ada
 async def rollback(tenant: str = TenantPath, adapter: str = AdapterPath,
                    who: Principal = Depends(caller)) -> ActiveVersion:
     who.authorize(tenant)
-    version = await engine().rollback(tenant, adapter)
+    version = await engine().versions.rollback(tenant, adapter)
     return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
 
 
@@ -251,7 +251,7 @@ async def rollback(tenant: str = TenantPath, adapter: str = AdapterPath,
 async def delete_adapter(tenant: str = TenantPath, adapter: str = AdapterPath,
                          who: Principal = Depends(caller)) -> Deleted:
     who.authorize(tenant)
-    await engine().delete_adapter(tenant, adapter)
+    await engine().versions.delete_adapter(tenant, adapter)
     return Deleted(tenant=tenant, adapter=adapter, deleted=True)
 
 
@@ -311,27 +311,27 @@ async def finetune(request: Request, who: Principal = Depends(caller)) -> Respon
     body = await finetune_request(request)
     who.authorize(body.tenant)
     params = (body.params or FinetuneParams()).model_dump()
-    job = await engine().finetune(body.tenant, body.adapter, body.backbone, body.examples, params)
+    job = await engine().jobs.submit(body.tenant, body.adapter, body.backbone, body.examples, params)
     return _json(job.public(), 202)
 
 
 @app.get("/v1/jobs/{job_id}", response_model=JobStatus, responses=ERRORS)
 async def get_job(job_id: str, who: Principal = Depends(caller)) -> Response:
-    return _json((await engine().job(job_id, who.tenant)).public())
+    return _json((await engine().jobs.get(job_id, who.tenant)).public())
 
 
 @app.get("/v1/jobs/{job_id}/events", response_model=JobEvents, responses=ERRORS)
 async def job_events(job_id: str, who: Principal = Depends(caller)) -> Response:
-    return _json({"job_id": job_id, "events": await engine().job_events(job_id, who.tenant)})
+    return _json({"job_id": job_id, "events": await engine().jobs.events(job_id, who.tenant)})
 
 
 @app.post("/v1/jobs/{job_id}/cancel", response_model=JobStatus, responses=ERRORS)
 async def cancel_job(job_id: str, who: Principal = Depends(caller)) -> Response:
-    return _json((await engine().cancel_job(job_id, who.tenant)).public())
+    return _json((await engine().jobs.cancel(job_id, who.tenant)).public())
 
 
 @app.get("/v1/tenants/{tenant}/jobs", response_model=JobList, responses=ERRORS)
 async def list_jobs(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
     who.authorize(tenant)
-    jobs = await engine().list_jobs(tenant)
+    jobs = await engine().jobs.for_tenant(tenant)
     return _json({"tenant": tenant, "jobs": [j.public() for j in jobs]})

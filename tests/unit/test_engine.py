@@ -23,23 +23,23 @@ def test_lifecycle_and_embedding(graft_home, minilm_spec, tmp_path):
         engine = make(graft_home, tmp_path, backbones=[str(minilm_spec.path)], default_backbone="model")
         assert engine.status()["status"] == "loading"
         with pytest.raises(Unavailable):
-            await engine.embed(["hi"])
+            await engine.inference.embed(["hi"])
         await engine.wait_ready()
         assert engine.status()["status"] == "ready"
-        out = await engine.embed(["hi", "there"])
+        out = await engine.inference.embed(["hi", "there"])
         assert out.backbone.id == "model" and out.vectors.shape == (2, 384)
         with pytest.raises(Conflict, match="GRAFT_BACKBONES"):
-            await engine.embed(["hi"], "minilm-l6")
+            await engine.inference.embed(["hi"], "minilm-l6")
         with pytest.raises(NotFound):
-            await engine.embed(["hi"], "unknown")
+            await engine.inference.embed(["hi"], "unknown")
         with pytest.raises(InvalidInput, match="empty"):
-            await engine.embed([])
+            await engine.inference.embed([])
         with pytest.raises(PayloadTooLarge, match="GRAFT_MAX_BATCH_ITEMS"):
-            await engine.embed(["a"] * 5)
+            await engine.inference.embed(["a"] * 5)
         with pytest.raises(PayloadTooLarge, match=r"inputs\[1\]"):
-            await engine.embed(["a", "b" * 51])
+            await engine.inference.embed(["a", "b" * 51])
         with pytest.raises(InvalidInput, match=r"inputs\[0\]"):
-            await engine.embed([3])
+            await engine.inference.embed([3])
         await engine.close()
 
     asyncio.run(main())

@@ -1,0 +1,243 @@
+"""Inference: the backbones, cross-tenant micro-batching and the adapter cache.
+
+One backbone pass per micro-batch, whatever tenants the rows belong to, then each
+(tenant, adapter) group of rows through its head. No transport logic, no tenancy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adapters.cache import AdapterCache, BackboneRef
+from adapters.format import Adapter
+from adapters.registry import Registry
+from models import Backbone, load_backbone
+from models.base import ItemError
+from models.catalog import catalog_ids
+from service import metrics
+from service.batching import MicroBatcher
+from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One item in a micro-batch, with the head (if any) its row goes through."""
+
+    item: Any
+    head: Adapter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    vector: np.ndarray
+    truncated: bool
+    scores: np.ndarray | None
+
+
+def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
+    """One backbone call for the whole batch, then one head call per distinct adapter."""
+    started = time.perf_counter()
+    result = backbone.embed([w.item for w in work])
+    heads_started = time.perf_counter()
+    metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
+    scores: list[np.ndarray | None] = [None] * len(work)
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(work):
+        if w.head is not None:
+            groups.setdefault(id(w.head), []).append(i)
+    for rows in groups.values():
+        head = work[rows[0]].head
+        assert head is not None
+        for i, p in zip(rows, head.predict_proba(result.vectors[rows])):
+            scores[i] = p
+    if groups:
+        metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
+    return [Row(result.vectors[i], result.truncated[i], scores[i]) for i in range(len(work))]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    backbone: Backbone
+    vectors: np.ndarray
+    truncated: list[bool]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    tenant: str
+    adapter: str
+    version: int
+    backbone: str
+    predictions: list[dict[str, Any]]
+
+
+class Inference:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.backbones: dict[str, Backbone] = {}
+        self._batchers: dict[str, MicroBatcher[Work, Row]] = {}
+        # CPU backbones take turns on one thread: each pass gets every core, and passes of
+        # different backbones alternate (FIFO) instead of fighting over the cores, so text
+        # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
+        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
+        self._failure: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+        self.cache = AdapterCache(
+            registry,
+            self._backbone_ref,
+            max_bytes=settings.cache_max_mb * 1024 * 1024,
+            poll_interval_s=settings.registry_poll_ms / 1000,
+            events=metrics.cache_events(),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.backbones) and len(self.backbones) == len(self.settings.backbones)
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def start(self) -> None:
+        """Load backbones in the background (so /livez answers meanwhile); watch the registry."""
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load_all(), name="load-backbones")
+            self.cache.start()
+
+    async def wait_ready(self) -> None:
+        self.start()
+        assert self._loading is not None
+        await self._loading
+
+    async def _load_all(self) -> None:
+        s = self.settings
+        for name in s.backbones:
+            try:
+                backbone = await asyncio.to_thread(
+                    load_backbone, name, s.home,
+                    precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
+                    image_limits=s.image_limits(),
+                )
+            except Exception as e:
+                self._failure = f"backbone {name!r} failed to load: {e}"
+                log.exception("backbone %s failed to load", name)
+                return
+            self._add(backbone)
+
+    def _add(self, backbone: Backbone) -> None:
+        self.backbones[backbone.id] = backbone
+        self._batchers[backbone.id] = MicroBatcher(
+            backbone.id,
+            lambda work, b=backbone: backbone_pass(b, work),
+            max_size=self.settings.batch_max_size,
+            max_wait_s=self.settings.batch_max_wait_ms / 1000,
+            on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
+                name, n, sec, waits, self.settings.batch_max_size),
+            executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
+        )
+        gate = backbone.int8 or {}
+        recipe = gate.get("recipe") or ""
+        cosine = f"{gate['measured'][recipe]['min_cosine']:.4f}" if recipe else ""
+        metrics.backbone_info.labels(backbone.id, backbone.provider, backbone.precision, recipe, cosine).set(1)
+
+    async def close(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        await self.cache.close()
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._cpu_lane.shutdown(wait=True)
+
+    # -- backbones -------------------------------------------------------------------
+
+    def backbone(self, name: str | None) -> Backbone:
+        """The loaded backbone by id; 404 when Graft does not know it, 409 when not loaded here."""
+        name = name or self.settings.default_backbone
+        if name in self.backbones:
+            return self.backbones[name]
+        if self._failure:
+            raise Unavailable(f"{self._failure}; see the server log and /readyz")
+        if not self.ready:
+            raise Unavailable("backbones are still loading; retry shortly (see /readyz)")
+        if name not in catalog_ids():  # request names never reach the filesystem
+            raise NotFound(
+                f"unknown backbone {name!r}; loaded here: {sorted(self.backbones)}",
+                {"backbone": name, "available": sorted(self.backbones)},
+            )
+        raise Conflict(
+            f"backbone {name!r} is not loaded on this server; add it to GRAFT_BACKBONES",
+            {"backbone": name, "available": sorted(self.backbones)},
+        )
+
+    def _backbone_ref(self, name: str) -> BackboneRef | None:
+        b = self.backbones.get(name)
+        return BackboneRef(b.fingerprint, b.dim) if b else None
+
+    async def prepare_items(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+        """Items checked and made ready for the backbone (images decoded, off the event
+        loop), or a 400/413 naming the first bad one."""
+        limit = self.settings.max_batch_items
+        if not items:
+            raise InvalidInput("inputs is empty: send at least one item")
+        if len(items) > limit:
+            raise PayloadTooLarge(
+                f"{len(items)} inputs in one request; the limit is {limit} (GRAFT_MAX_BATCH_ITEMS): split it",
+                {"items": len(items), "limit": limit},
+            )
+        if backbone.kind == "image":
+            return await asyncio.to_thread(self._prepare, backbone, items)
+        return self._prepare(backbone, items)
+
+    def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+        ready = []
+        for i, item in enumerate(items):
+            try:
+                ready.append(backbone.prepare(item))
+            except ItemError as e:
+                raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{i}]: {e}", {"index": i}) from None
+            if isinstance(item, str) and len(item) > self.settings.max_text_chars:
+                raise PayloadTooLarge(
+                    f"inputs[{i}] has {len(item)} characters; the limit is "
+                    f"{self.settings.max_text_chars} (GRAFT_MAX_TEXT_CHARS)",
+                    {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
+                )
+        return ready
+
+    async def run(self, backbone: Backbone, work: list[Work]) -> list[Row]:
+        return await self._batchers[backbone.id].submit(work)
+
+    # -- inference -------------------------------------------------------------------
+
+    async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
+        model = self.backbone(backbone)
+        ready = await self.prepare_items(model, items)
+        rows = await self.run(model, [Work(item) for item in ready])
+        return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows])
+
+    async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
+        if top_k < 1:
+            raise InvalidInput("top_k must be at least 1")
+        async with self.cache.lease(tenant, adapter) as head:
+            model = self.backbone(head.config.backbone)
+            ready = await self.prepare_items(model, items)
+            rows = await self.run(model, [Work(item, head) for item in ready])
+        labels = head.labels
+        k = min(top_k, len(labels))
+        predictions = []
+        for row in rows:
+            assert row.scores is not None
+            order = np.argsort(-row.scores)[:k]
+            top = [{"label": labels[i], "score": float(row.scores[i])} for i in order]
+            predictions.append({**top[0], "top": top, "truncated": row.truncated})
+        return Prediction(tenant, adapter, head.version, model.id, predictions)

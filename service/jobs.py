@@ -1,0 +1,56 @@
+"""Fine-tune jobs as the API sees them: validate and queue, status, events, cancel, list.
+Worker processes (service/worker.py) train them.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from adapters.jobs import Job, JobQueue
+from adapters.registry import Registry
+from service.errors import InvalidInput, NotFound
+from service.inference import Inference
+from service.settings import Settings
+from service.uploads import check_examples
+
+
+class Jobs:
+    def __init__(self, settings: Settings, registry: Registry, inference: Inference) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.inference = inference
+        self.queue = JobQueue(registry, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts)
+
+    async def submit(self, tenant: str, adapter: str, backbone: str | None,
+                     examples: list[Any], params: dict[str, Any]) -> Job:
+        """Validate and queue a job; a worker process trains it (202 with the job id)."""
+        if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
+            raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
+        model = self.inference.backbone(backbone)
+        if params.get("augment") and model.kind != "image":
+            raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
+        clean = await asyncio.to_thread(
+            check_examples, examples, kind=model.kind, prepare=model.prepare,
+            max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,
+        )
+        return await asyncio.to_thread(
+            self.queue.submit, tenant, adapter, model.id, clean, params,
+            max_queued=self.settings.max_queued_jobs, max_per_tenant=self.settings.max_tenant_jobs,
+        )
+
+    # Jobs are looked up within the caller's tenant (None: the admin sees all).
+    async def get(self, job_id: str, tenant: str | None) -> Job:
+        return await asyncio.to_thread(self.queue.get, job_id, tenant)
+
+    async def events(self, job_id: str, tenant: str | None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.queue.events, job_id, tenant)
+
+    async def cancel(self, job_id: str, tenant: str | None) -> Job:
+        return await asyncio.to_thread(self.queue.cancel, job_id, tenant)
+
+    async def for_tenant(self, tenant: str) -> list[Job]:
+        return await asyncio.to_thread(self.queue.list, tenant)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by status (for the metrics scrape)."""
+        return self.queue.counts()

@@ -1,0 +1,42 @@
+"""Tenancy: tenants, their keys, who is calling, and the per-tenant rate limit."""
+from __future__ import annotations
+
+import asyncio
+
+from adapters.keys import KeyInfo, KeyStore
+from adapters.registry import Registry
+from service.auth import Authenticator, Principal, load_admin_key
+from service.limits import TokenBuckets
+from service.settings import Settings
+
+
+class Tenancy:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.registry = registry
+        self.keys = KeyStore(registry)
+        self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s)
+        self.rate = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The caller from `Authorization: Bearer <key>` (HTTP header or gRPC metadata)."""
+        return await self.auth.authenticate(authorization)
+
+    def admit(self, principal: Principal) -> None:
+        """The per-tenant rate limit on inference (the admin is not limited)."""
+        if principal.tenant is not None:
+            self.rate.take(principal.tenant)
+
+    async def create_tenant(self, tenant: str) -> str:
+        """The tenant and its first key (shown once)."""
+        await asyncio.to_thread(self.registry.create_tenant, tenant)
+        _, key = await asyncio.to_thread(self.keys.issue, tenant)
+        return key
+
+    async def issue_key(self, tenant: str) -> tuple[KeyInfo, str]:
+        return await asyncio.to_thread(self.keys.issue, tenant)
+
+    async def revoke_key(self, tenant: str, key_id: str) -> None:
+        await asyncio.to_thread(self.keys.revoke, tenant, key_id)
+
+    async def list_keys(self, tenant: str) -> list[KeyInfo]:
+        return await asyncio.to_thread(self.keys.list, tenant)
