@@ -21,7 +21,7 @@ from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.format import AdapterConfig
-from adapters.registry import AdapterRow, Base, NotFoundError, QuotaExceeded, Registry, utc
+from adapters.registry import Base, NotFoundError, QuotaExceeded, Registry, utc
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -268,29 +268,25 @@ class JobQueue:
             self._event(s, row.id, status, {"error": error_code} if error_code else {})
 
     def publish(self, claim: Claimed, config: AdapterConfig, weights: bytes, *, promote: bool,
-                metrics: dict[str, Any], decision: dict[str, Any], max_adapters: int | None = None) -> int:
-        """Register the version, promote it (or not) and succeed the job: all or nothing."""
+                metrics: dict[str, Any], decision: dict[str, Any], expected_active: int | None,
+                max_adapters: int | None = None) -> int:
+        """Register the version, promote it (or not) and succeed the job: all or nothing.
+
+        `expected_active` is the active version the promotion decision was made against
+        (None: the adapter did not exist). If a promote or rollback changed it while the job
+        trained, the version stays a candidate; if the adapter was deleted, nothing is
+        published and AdapterDeleted is raised (the caller fails the job).
+        """
         with self.session.begin() as s:
-            seq = Registry.bump(s)
             row = self._owned(s, claim)
-            tenant, name = row.tenant_id, row.adapter
-            Registry.require_tenant(s, tenant)
-            adapter = s.get(AdapterRow, (tenant, name))
-            if adapter is None or adapter.deleted:
-                Registry.check_adapter_quota(s, tenant, max_adapters)
-            if adapter is None:
-                adapter = AdapterRow(tenant_id=tenant, name=name, backbone=config.backbone, next_version=1,
-                                     seq=seq, history=[], deleted=False)
-                s.add(adapter)
-            elif adapter.deleted:
-                adapter.deleted, adapter.history, adapter.active_version = False, [], None
-            version = adapter.next_version
-            adapter.next_version = version + 1
-            adapter.backbone = config.backbone
-            s.add(Registry.version_row(tenant, name, version, config, weights))
-            if promote or adapter.active_version is None:
-                Registry.activate(adapter, version, seq)
-                row.promoted = True
+            published = self.registry.publish(s, row.tenant_id, row.adapter, config, weights, activate=promote,
+                                              max_adapters=max_adapters, expected_active=expected_active)
+            version = published.version
+            if published.active_changed_to is not None and promote:
+                decision = {"decision": "candidate", "reason": (
+                    f"the active version changed to {published.active_changed_to} while this job trained "
+                    f"(it was {expected_active}): kept as a candidate; {decision.get('reason', '')}").rstrip("; ")}
+            row.promoted = published.activated
             row.version, row.metrics, row.progress = version, metrics, 1.0
             row.status, row.finished_at, row.lease_owner, row.lease_expires_at = "succeeded", _now(), None, None
             self._event(s, row.id, "promotion", {**decision, "version": version, "promoted": row.promoted})

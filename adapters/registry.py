@@ -39,6 +39,20 @@ class QuotaExceeded(RuntimeError):
     """A per-tenant limit (adapters, jobs) is reached."""
 
 
+class AdapterDeleted(LookupError):
+    """The adapter was deleted while a version for it was being made: it is not revived."""
+
+
+ANY = object()  # publish(): no expectation about the active version
+
+
+@dataclass(frozen=True)
+class Published:
+    version: int
+    activated: bool
+    active_changed_to: int | None  # set when a promote/rollback meanwhile kept this version a candidate
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -173,7 +187,7 @@ class Registry:
 
     def create_tenant(self, tenant: str) -> None:
         with self.session.begin() as s:
-            self.bump(s)
+            self._bump(s)
             if s.get(TenantRow, tenant) is not None:
                 raise ConflictError(f"tenant {tenant!r} exists already")
             s.add(TenantRow(id=tenant))
@@ -182,50 +196,75 @@ class Registry:
                        *, max_adapters: int | None = None) -> int:
         """A new adapter whose version 1 (or the next number, if the name was deleted) is active."""
         with self.session.begin() as s:
-            seq = self.bump(s)
-            self.require_tenant(s, tenant)
-            row = s.get(AdapterRow, (tenant, adapter))
-            if row is not None and not row.deleted:
-                raise ConflictError(
-                    f"adapter {adapter!r} exists already for tenant {tenant!r}: promote a version, or delete it first"
-                )
-            self.check_adapter_quota(s, tenant, max_adapters)
-            if row is None:
-                row = AdapterRow(tenant_id=tenant, name=adapter, backbone=config.backbone, next_version=1, seq=seq, history=[])
-                s.add(row)
-            version = row.next_version
-            row.backbone, row.deleted, row.history, row.seq = config.backbone, False, [], seq
-            row.next_version = version + 1
-            row.active_version = version
-            s.add(self.version_row(tenant, adapter, version, config, weights))
-            return version
+            return self.publish(s, tenant, adapter, config, weights, activate=True, new_adapter=True,
+                                max_adapters=max_adapters).version
 
     def add_version(self, tenant: str, adapter: str, config: AdapterConfig, weights: bytes, *, activate: bool) -> int:
+        """One more version of an existing adapter."""
         with self.session.begin() as s:
-            seq = self.bump(s)
-            row = self._adapter(s, tenant, adapter)
-            version = row.next_version
-            row.next_version = version + 1
-            s.add(self.version_row(tenant, adapter, version, config, weights))
-            if activate:
-                self.activate(row, version, seq)
-            return version
+            self._adapter(s, tenant, adapter)
+            return self.publish(s, tenant, adapter, config, weights, activate=activate).version
+
+    def publish(self, s: Session, tenant: str, adapter: str, config: AdapterConfig, weights: bytes, *,
+                activate: bool, new_adapter: bool = False, max_adapters: int | None = None,
+                expected_active: int | None | object = ANY) -> Published:
+        """The one way a version is written: allocate its number, store it and (optionally)
+        activate it, inside the caller's transaction `s`.
+
+        An adapter that does not exist (or was deleted) is created. `new_adapter`: it must not
+        exist. `expected_active`: the active version the caller decided against (None: the
+        adapter did not exist then); the active version is re-read here, under the writers'
+        lock, so a promote or rollback made meanwhile is never overridden (the new version is
+        stored but not activated) and an adapter deleted meanwhile is never revived
+        (AdapterDeleted).
+        """
+        seq = self._bump(s)
+        self.require_tenant(s, tenant)
+        row = s.get(AdapterRow, (tenant, adapter))
+        live = row is not None and not row.deleted
+        if new_adapter and live:
+            raise ConflictError(
+                f"adapter {adapter!r} exists already for tenant {tenant!r}: promote a version, or delete it first"
+            )
+        if expected_active is not ANY and expected_active is not None and not live:
+            raise AdapterDeleted(
+                f"adapter {adapter!r} of tenant {tenant!r} was deleted while version {expected_active}'s "
+                "successor was being trained; nothing was published"
+            )
+        if not live:
+            self._check_adapter_quota(s, tenant, max_adapters)
+            if row is None:
+                row = AdapterRow(tenant_id=tenant, name=adapter, backbone=config.backbone, next_version=1,
+                                 seq=seq, history=[], deleted=False)
+                s.add(row)
+            row.deleted, row.history, row.active_version = False, [], None
+        assert row is not None
+        version = row.next_version
+        row.next_version = version + 1
+        row.backbone = config.backbone
+        row.seq = seq
+        s.add(self._version_row(tenant, adapter, version, config, weights))
+        changed = expected_active is not ANY and row.active_version != expected_active
+        if row.active_version is None or (activate and not changed):
+            self._activate(row, version, seq)
+            return Published(version, True, None)
+        return Published(version, False, row.active_version if changed else None)
 
     def promote(self, tenant: str, adapter: str, version: int) -> int:
         with self.session.begin() as s:
-            seq = self.bump(s)
+            seq = self._bump(s)
             row = self._adapter(s, tenant, adapter)
             if s.get(VersionRow, (tenant, adapter, version)) is None:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
             if row.active_version == version:
                 return version
-            self.activate(row, version, seq)
+            self._activate(row, version, seq)
             return version
 
     def rollback(self, tenant: str, adapter: str) -> int:
         """Make the previously active version active again."""
         with self.session.begin() as s:
-            seq = self.bump(s)
+            seq = self._bump(s)
             row = self._adapter(s, tenant, adapter)
             if not row.history:
                 raise ConflictError(f"adapter {adapter!r} has no earlier active version to roll back to")
@@ -237,7 +276,7 @@ class Registry:
 
     def delete_adapter(self, tenant: str, adapter: str) -> None:
         with self.session.begin() as s:
-            seq = self.bump(s)
+            seq = self._bump(s)
             row = self._adapter(s, tenant, adapter)
             s.execute(delete(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter))
             row.deleted, row.active_version, row.history, row.seq = True, None, [], seq
@@ -304,13 +343,13 @@ class Registry:
     # -- helpers ---------------------------------------------------------------------
 
     @staticmethod
-    def bump(s: Session) -> int:
+    def _bump(s: Session) -> int:
         """Take the writers' lock (the sequence row) and return the new sequence number."""
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))
         return int(s.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())
 
     @staticmethod
-    def check_adapter_quota(s: Session, tenant: str, max_adapters: int | None) -> None:
+    def _check_adapter_quota(s: Session, tenant: str, max_adapters: int | None) -> None:
         if max_adapters is None:
             return
         count = s.scalar(select(func.count()).select_from(AdapterRow)
@@ -335,14 +374,14 @@ class Registry:
         return row
 
     @staticmethod
-    def activate(row: AdapterRow, version: int, seq: int) -> None:
+    def _activate(row: AdapterRow, version: int, seq: int) -> None:
         if row.active_version is not None:
             row.history = [*row.history, row.active_version]
         row.active_version = version
         row.seq = seq
 
     @staticmethod
-    def version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
+    def _version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
         return VersionRow(
             tenant_id=tenant, adapter=adapter, version=version,
             config=config.to_json().decode(), weights=weights, sha256=config.weights_sha256,

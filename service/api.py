@@ -22,7 +22,7 @@ from service.engine import Engine
 from service.grpc_server import GrpcServer
 from service.http import app
 from service.settings import get_settings
-from service.worker import WorkerPool
+from service.worker_pool import WorkerPool
 
 settings = get_settings()
 if settings.admin_key:  # refuse a guessable key before BentoML starts any worker (it exits)

@@ -71,14 +71,59 @@ def test_publish_is_atomic_and_needs_the_lease(queue):
     job = submit(queue)
     claim = queue.claim("w1")
     assert queue.heartbeat(claim, 0.5) is False
-    version = queue.publish(claim, *a_version(), promote=True, metrics={"macro_f1": 1.0}, decision={"reason": "t"})
+    version = queue.publish(claim, *a_version(), promote=True, metrics={"macro_f1": 1.0}, decision={"reason": "t"},
+                            expected_active=None)
     done = queue.get(job.id)
     assert (done.status, done.version, done.promoted, done.progress) == ("succeeded", version, True, 1.0)
     stored, _ = queue.registry.active("acme", "a")
     assert stored.version == version
     with pytest.raises(LeaseLost):
-        queue.publish(claim, *a_version(), promote=True, metrics={}, decision={})
+        queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=None)
     assert len(queue.registry.list_versions("acme", "a")) == 1
+
+
+def test_a_promote_made_while_a_job_trains_is_not_overridden(queue):
+    """The job decided to promote against version 1; meanwhile the user promoted version 2.
+    The job's version is stored as a candidate and version 2 keeps serving."""
+    registry = queue.registry
+    registry.create_adapter("acme", "a", *a_version())
+    registry.add_version("acme", "a", *a_version(), activate=False)
+    job = submit(queue)
+    claim = queue.claim("w1")
+    registry.promote("acme", "a", 2)  # while the job trains
+    version = queue.publish(claim, *a_version(), promote=True, metrics={"macro_f1": 1.0},
+                            decision={"decision": "promote", "reason": "beats v1"}, expected_active=1)
+    assert version == 3 and registry.active("acme", "a")[0].version == 2
+    done = queue.get(job.id)
+    assert done.status == "succeeded" and done.promoted is False
+    promotion = [e for e in queue.events(job.id) if e["kind"] == "promotion"][0]
+    assert promotion["decision"] == "candidate" and "changed to 2" in promotion["reason"]
+    # A rollback meanwhile is kept the same way.
+    submit(queue)
+    claim = queue.claim("w1")
+    registry.rollback("acme", "a")  # back to 1
+    queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=2)
+    assert registry.active("acme", "a")[0].version == 1
+
+
+def test_a_delete_made_while_a_job_trains_is_not_revived(queue):
+    from adapters.registry import AdapterDeleted
+
+    registry = queue.registry
+    registry.create_adapter("acme", "a", *a_version())
+    job = submit(queue)
+    claim = queue.claim("w1")
+    registry.delete_adapter("acme", "a")  # while the job trains
+    with pytest.raises(AdapterDeleted):
+        queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=1)
+    assert [a.adapter for a in registry.list_adapters("acme")] == []
+    assert queue.get(job.id).status == "running"  # the worker fails it (adapter_deleted)
+    queue.finish(claim, "failed", error_code="adapter_deleted", error_message="deleted")
+    # A job for an adapter that did not exist when it started creates it.
+    submit(queue)
+    claim = queue.claim("w1")
+    assert queue.publish(claim, *a_version(), promote=False, metrics={}, decision={}, expected_active=None) == 2
+    assert registry.active("acme", "a")[0].version == 2
 
 
 def test_expired_lease_is_retried_then_failed(queue):

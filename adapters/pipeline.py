@@ -1,0 +1,183 @@
+"""The fine-tune pipeline: labeled examples in, an evaluated adapter version and a promotion
+decision out. No server, no database: the caller hands in the backbone, the active version
+(if any), an embedding cache and a reporter, and publishes the result itself.
+
+Steps: validate -> embed (cached) -> stratified split -> (image augmentation) -> baselines
+(majority, zero-shot or class prototypes, the active version) -> (continual init) -> train
+the head with early stopping -> evaluate -> negative-transfer guard decides promotion.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from adapters import zero_shot
+from adapters.evaluation import evaluate, stratified_split
+from adapters.format import Adapter, AdapterConfig, encode
+from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
+from models import Backbone
+
+
+class EmbeddingCache(Protocol):
+    """Vectors of already-embedded items (text or base64 image) per backbone fingerprint."""
+
+    def cached_embeddings(self, fingerprint: str, keys: list[str]) -> dict[str, bytes]: ...
+
+    def store_embeddings(self, fingerprint: str, vectors: dict[str, bytes]) -> None: ...
+
+
+class Reporter(Protocol):
+    """Where the pipeline reports to (the job's events and progress) and learns of a cancel."""
+
+    def event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def progress(self, fraction: float) -> None: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An evaluated version, ready to publish, and what to do with it."""
+
+    config: AdapterConfig
+    weights: bytes
+    metrics: dict[str, Any]
+    promote: bool
+    reason: str
+    baseline_version: int | None  # the active version the decision was made against
+
+
+def train_version(examples: list[dict[str, str]], backbone: Backbone, params: dict[str, Any], *,
+                  active: Adapter | None, cache: EmbeddingCache, report: Reporter,
+                  promote_margin: float, job_id: str = "") -> Outcome:
+    settings = {k: v for k, v in params.items() if v is not None}
+    p = TrainParams(**{"standardize": backbone.kind == "image", **settings})
+    # Examples hold a text or a base64 image; that string also keys the embedding cache.
+    keys = [e["text"] if "text" in e else e["image"] for e in examples]
+    names = [e["label"] for e in examples]
+    labels = sorted(set(names))
+    y = np.array([labels.index(n) for n in names])
+    report.event("validation", {"examples": len(keys), "classes": len(labels),
+                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)}})
+    x = embed_cached(backbone, keys, cache, report)
+    train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
+    report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
+    x_train, y_train = x[train_idx], y[train_idx]
+    if p.augment and backbone.kind == "image":
+        x_aug, y_aug = augmented(backbone, [keys[i] for i in train_idx], y_train, p, report)
+        x_train, y_train = np.concatenate([x_train, x_aug]), np.concatenate([y_train, y_aug])
+        report.event("augmentation", {"copies": p.augment, "train": len(y_train)})
+
+    # The head a model gets without training: label names embedded (text), or each class's
+    # mean training embedding (images, whose backbone cannot embed names).
+    if backbone.kind == "text":
+        reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+    else:
+        reference, label_rows = "prototype", class_means(x[train_idx], y[train_idx], len(labels))
+    _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
+    x_val, y_val = x[val_idx], y[val_idx]
+    baselines = {
+        "majority": evaluate(y_val, np.full(len(y_val), np.bincount(y[train_idx]).argmax()), labels),
+        reference: evaluate(y_val, _predict(zs_tensors, "linear", x_val), labels),
+    }
+    if active is not None:
+        index = {label: i for i, label in enumerate(labels)}
+        active_pred = active.predict_proba(x_val).argmax(1)
+        baselines["active"] = evaluate(y_val, np.array([index.get(active.labels[q], -1) for q in active_pred]), labels)
+        baselines["active"]["version"] = active.version
+    init = None
+    if p.continual and active is not None:
+        init = continual_init(p.head, labels, active.labels, active.config.head, active.tensors, zs_tensors["weight"])
+
+    def on_epoch(r: EpochReport) -> bool:
+        report.progress(0.2 + 0.75 * r.epoch / p.epochs)
+        report.event("epoch", {"epoch": r.epoch, "train_loss": round(r.train_loss, 5),
+                               "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
+        return report.cancelled()
+
+    trained = train_head(x_train, y_train, x_val, y_val, labels, p, init=init, on_epoch=on_epoch)
+    if trained.stopped_early:
+        report.event("early_stop", {"epoch": trained.epochs_run, "best_epoch": trained.best_epoch,
+                                    "patience": p.patience})
+    metrics = {**trained.val_metrics, "baselines": {k: _summary(v) for k, v in baselines.items()}}
+    report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+                                "baselines": metrics["baselines"]})
+    promote, reason = decide(metrics, baselines.get("active"), promote_margin)
+    config = AdapterConfig(
+        backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head=p.head,
+        labels=labels, metrics=metrics,
+        training={"method": "fine-tune", "job_id": job_id, "params": p.as_dict(),
+                  "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
+                  "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+                  "continual_from": active.version if init is not None and active else None},
+        parent_version=active.version if active else None,
+    )
+    config, weights = encode(config, trained.tensors)
+    return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
+
+
+def decide(metrics: dict[str, Any], active: dict[str, Any] | None, margin: float) -> tuple[bool, str]:
+    """Negative-transfer guard: beat what serves by the margin, or stay a candidate."""
+    new = metrics["macro_f1"]
+    if active is None:
+        return True, "no active version: the first trained version serves"
+    if new >= active["macro_f1"] + margin:
+        return True, f"macro-F1 {new:.4f} beats the active version's {active['macro_f1']:.4f} by >= {margin}"
+    return False, (f"macro-F1 {new:.4f} does not beat the active version's {active['macro_f1']:.4f} "
+                   f"by the margin {margin}: kept as a candidate (promote it explicitly if wanted)")
+
+
+def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, report: Reporter) -> np.ndarray:
+    """Embeddings from the cache (text or base64 image + backbone fingerprint), the rest computed."""
+    unique = list(dict.fromkeys(keys))
+    cached = cache.cached_embeddings(backbone.fingerprint, unique)
+    missing = [k for k in unique if k not in cached]
+    fresh: dict[str, bytes] = {}
+    for i in range(0, len(missing), 64):
+        chunk = missing[i : i + 64]
+        items = [base64.b64decode(k) for k in chunk] if backbone.kind == "image" else chunk
+        for key, vec in zip(chunk, backbone.embed(items).vectors):
+            fresh[key] = vec.astype(np.float32).tobytes()
+        report.progress(0.2 * (i + len(chunk)) / max(1, len(missing)))
+        if report.cancelled():
+            raise Cancelled()
+    if fresh:
+        cache.store_embeddings(backbone.fingerprint, fresh)
+    vectors = {**cached, **fresh}
+    return np.stack([np.frombuffer(vectors[k], dtype=np.float32) for k in keys])
+
+
+def augmented(backbone: Backbone, images: list[str], y: np.ndarray, p: TrainParams,
+              report: Reporter) -> tuple[np.ndarray, np.ndarray]:
+    """`p.augment` random variants of each training image, embedded (never cached: they
+    differ per seed). Validation images are never augmented."""
+    from models.image import augment
+
+    rng = np.random.default_rng(p.seed)
+    vectors = []
+    for i in range(0, len(images), 16):
+        chunk = [backbone.prepare(base64.b64decode(k)) for k in images[i : i + 16]]
+        variants = [augment(px, rng) for px in chunk for _ in range(p.augment)]
+        vectors.append(backbone.embed(variants).vectors)
+        if report.cancelled():
+            raise Cancelled()
+    return np.concatenate(vectors), np.repeat(y, p.augment)
+
+
+def _predict(tensors: dict[str, np.ndarray], head: str, x: np.ndarray) -> np.ndarray:
+    config = AdapterConfig(backbone="", fingerprint="", dim=x.shape[1], head=head,
+                           labels=[str(i) for i in range(len(tensors["bias" if head == "linear" else "b2"]))])
+    return Adapter(config, tensors).predict_proba(x).argmax(1)
+
+
+def class_means(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    means = np.stack([x[y == c].mean(0) for c in range(k)])
+    return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "version") if k in metrics}
