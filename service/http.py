@@ -1,4 +1,4 @@
-"""HTTP routes (FastAPI) of the contract in ../shared/DESIGN.md.
+"""HTTP routes (FastAPI) of the contract in the README and docs/ARCHITECTURE.md.
 
 Mounted into the BentoML service by service/api.py. Each route: authenticate, authorise
 the tenant, validate with the pydantic schemas, call the Engine. Errors are mapped once
@@ -6,6 +6,7 @@ the tenant, validate with the pydantic schemas, call the Engine. Errors are mapp
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, TypeVar
 
@@ -49,6 +50,18 @@ def engine() -> Engine:
     import bentoml
 
     return bentoml.get_current_service().engine
+
+
+@app.get("/metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics (open, like /livez): request metrics by route template only, so no
+    tenant name or job id becomes a label; fine-tune jobs by status read at scrape time."""
+    body, content_type = await asyncio.to_thread(metrics.exposition)
+    try:
+        body += metrics.jobs_by_status(await asyncio.to_thread(engine().jobs.counts)).encode()
+    except Exception:  # the registry is away (or the service not created yet): the rest answers
+        pass
+    return Response(body, media_type=content_type)
 
 
 async def caller(request: Request) -> Principal:

@@ -1,11 +1,15 @@
-"""Graft's own Prometheus metrics, served on /metrics beside BentoML's defaults.
+"""Graft's Prometheus metrics, served on /metrics by service/http.py.
 
-BentoML runs prometheus_client in multiprocess mode, so these are plain prometheus_client
-objects; gauges say how to combine values across worker processes.
+BentoML starts its workers with PROMETHEUS_MULTIPROC_DIR set, so these are plain
+prometheus_client objects written per process and merged at scrape time; gauges say how to
+combine values across worker processes.
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
 
 from adapters.cache import CacheEvents
 
@@ -65,6 +69,15 @@ finetune_job_seconds = Histogram(
     "graft_finetune_job_seconds", "Seconds from a worker's claim to the job's end, by final status", ["status"],
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every process's metrics in the Prometheus text format (merged when multiprocess)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
 
 
 def jobs_by_status(counts: dict[str, int]) -> str:

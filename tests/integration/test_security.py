@@ -54,6 +54,8 @@ def test_requests_without_a_valid_key_are_401(server, two_tenants):
             r = c.post("/v1/embed", json={"inputs": ["x"]})
             assert r.status_code == 401, (key, r.text)
             assert r.headers["www-authenticate"] == "Bearer"
+    with server.client() as admin:  # a request naming a tenant, to see how /metrics labels it
+        assert admin.get(f"/v1/tenants/{two_tenants['a'][0]}/adapters").status_code == 200
     with server.client(None) as c:  # the open endpoints
         assert c.get("/livez").status_code == 200
         assert c.get("/readyz").status_code == 200
