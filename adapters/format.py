@@ -3,7 +3,8 @@
 The config names the backbone (id and fingerprint) and embedding dim the head was built
 for, the head kind, the labels, metrics, a training summary, created_at and the parent
 version; it also carries the SHA-256 of the weights bytes. Loading checks all of them, so a
-head never runs on embeddings it was not made for, and a tampered file is refused.
+head never runs on embeddings it was not made for, and a corrupted file is refused (the
+checksum travels with the bytes it guards: it catches corruption, not deliberate tampering).
 """
 from __future__ import annotations
 

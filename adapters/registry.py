@@ -76,7 +76,7 @@ class AdapterRow(Base):
     __tablename__ = "adapters"
     tenant_id: Mapped[str] = mapped_column(String(63), ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    backbone: Mapped[str] = mapped_column(String(255))
+    backbone: Mapped[str] = mapped_column(String(255))  # the active version's (last published while none)
     active_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Previously active versions, most recent last: rollback pops it.
     history: Mapped[list[int]] = mapped_column(JSON, default=list)
@@ -241,12 +241,11 @@ class Registry:
         assert row is not None
         version = row.next_version
         row.next_version = version + 1
-        row.backbone = config.backbone
         row.seq = seq
         s.add(self._version_row(tenant, adapter, version, config, weights))
         changed = expected_active is not ANY and row.active_version != expected_active
         if row.active_version is None or (activate and not changed):
-            self._activate(row, version, seq)
+            self._activate(s, row, version, seq)
             return Published(version, True, None)
         return Published(version, False, row.active_version if changed else None)
 
@@ -258,7 +257,7 @@ class Registry:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
             if row.active_version == version:
                 return version
-            self._activate(row, version, seq)
+            self._activate(s, row, version, seq)
             return version
 
     def rollback(self, tenant: str, adapter: str) -> int:
@@ -269,10 +268,10 @@ class Registry:
             if not row.history:
                 raise ConflictError(f"adapter {adapter!r} has no earlier active version to roll back to")
             history = list(row.history)
-            row.active_version = history.pop()
+            previous = history.pop()
             row.history = history
-            row.seq = seq
-            return row.active_version
+            self._set_active(s, row, previous, seq)
+            return previous
 
     def delete_adapter(self, tenant: str, adapter: str) -> None:
         with self.session.begin() as s:
@@ -374,9 +373,16 @@ class Registry:
         return row
 
     @staticmethod
-    def _activate(row: AdapterRow, version: int, seq: int) -> None:
+    def _activate(s: Session, row: AdapterRow, version: int, seq: int) -> None:
         if row.active_version is not None:
             row.history = [*row.history, row.active_version]
+        Registry._set_active(s, row, version, seq)
+
+    @staticmethod
+    def _set_active(s: Session, row: AdapterRow, version: int, seq: int) -> None:
+        stored = s.get(VersionRow, (row.tenant_id, row.name, version))
+        if stored is not None:
+            row.backbone = AdapterConfig.from_json(stored.config).backbone
         row.active_version = version
         row.seq = seq
 

@@ -107,3 +107,20 @@ def test_concurrent_promote_and_rollback_stay_consistent(registry):
     assert sum(v.active for v in registry.list_versions("acme", "hot")) == 1
     # Every write bumped the watermark exactly once: no lost update.
     assert all(1 <= v <= 4 for v in history)
+
+
+def test_an_adapters_backbone_is_its_active_versions(registry):
+    """A candidate on another backbone does not change what the adapter list says; promote
+    and rollback do."""
+    other = encode(*zero_shot.build("other-backbone", "e" * 32, ["a", "b"], np.eye(2, 4)))
+    registry.create_adapter("acme", "mixed", *version())
+    registry.add_version("acme", "mixed", *other, activate=False)
+
+    def backbone() -> str:
+        return {a.adapter: a.backbone for a in registry.list_adapters("acme")}["mixed"]
+
+    assert backbone() == "minilm-l6"
+    registry.promote("acme", "mixed", 2)
+    assert backbone() == "other-backbone"
+    registry.rollback("acme", "mixed")
+    assert backbone() == "minilm-l6"
