@@ -1,4 +1,5 @@
-"""Tenant adapters: format, registry, cache, training (see ../shared/DESIGN.md).
+"""Tenant adapters: format, registry, cache, jobs, keys, training and the fine-tune pipeline
+(see docs/ARCHITECTURE.md).
 
-Depends on `models/` only through a backbone's id, dim and fingerprint.
+Depends on `models/` only through the Backbone interface (id, kind, dim, fingerprint, embed).
 """
