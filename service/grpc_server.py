@@ -1,9 +1,11 @@
 """gRPC beside HTTP: a grpc.aio server in the same process and event loop as the BentoML
 worker, calling the same Engine (same backbones, adapter cache and micro-batches).
 
-BentoML's new service API serves no gRPC (bentoml#4634, #5607), hence this server. Requests
-are validated by the same pydantic models as HTTP, errors mapped by the same table, and a
-call's deadline bounds its wait: an expired call's items leave the batch queue.
+BentoML's new service API serves no gRPC (bentoml#4634, #5607), hence this server. Each RPC
+is the twin of one /v1 HTTP route (tests/unit/test_grpc_parity.py keeps them paired): the same
+authorization, the same pydantic models for validation (a path's fields included), the same
+Engine call and the same error table. A call's deadline bounds its wait: an expired call's
+items leave the batch queue.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
+from adapters.keys import KeyInfo
+from adapters.registry import VersionInfo
 from service import metrics
 from service.auth import Principal
 from service.engine import Engine
@@ -26,7 +30,10 @@ from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, InvalidI
 from service.items import image_text
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
-from service.schemas import FinetuneParams, FinetuneRequest, PredictRequest, PromoteRequest, TenantRequest
+from service.schemas import (
+    AdapterRef, CreateAdapterRequest, FinetuneParams, FinetuneRequest, KeyRef, PredictRequest, PromoteRequest,
+    TenantRequest,
+)
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +83,28 @@ def _job(job: Any) -> pb.Job:
         progress=d["progress"], metrics_json=json.dumps(d["metrics"]) if d["metrics"] else "",
         version=d["version"] or 0, promoted=d["promoted"], error_code=error.get("code") or "",
         error_message=error.get("message") or "", attempts=d["attempts"],
+        created_at=d["created_at"] or "", finished_at=d["finished_at"] or "",
     )
+
+
+def _event(event: dict[str, Any]) -> pb.JobEvent:
+    """HTTP's event object: n, at and kind as fields, whatever else it says as JSON."""
+    data = {k: v for k, v in event.items() if k not in ("n", "at", "kind")}
+    return pb.JobEvent(n=event["n"], at=event["at"], kind=event["kind"], data_json=json.dumps(data))
+
+
+def _version(v: VersionInfo) -> pb.VersionDetail:
+    c = v.config
+    return pb.VersionDetail(
+        version=v.version, active=v.active, created_at=v.created_at, backbone=c.backbone, head=c.head,
+        labels=c.labels, metrics_json=json.dumps(c.metrics), training_json=json.dumps(c.training),
+        parent_version=c.parent_version or 0,
+    )
+
+
+def _keys(tenant: str, keys: list[KeyInfo]) -> pb.ListKeysResponse:
+    return pb.ListKeysResponse(tenant=tenant, keys=[
+        pb.KeyDetail(key_id=k.key_id, created_at=k.created_at, revoked=k.revoked) for k in keys])
 
 
 def _items(request: pb.EmbedRequest | pb.PredictRequest) -> list[str | bytes]:
@@ -86,6 +114,8 @@ def _items(request: pb.EmbedRequest | pb.PredictRequest) -> list[str | bytes]:
 
 
 class GraftServicer(pb_grpc.GraftServicer):
+    """One method per RPC, each the twin of an HTTP route in service/http.py: checks in the same order."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -141,6 +171,31 @@ class GraftServicer(pb_grpc.GraftServicer):
         return _job(await self.engine.jobs.cancel(request.job_id, who.tenant))
 
     @rpc
+    async def GetJobEvents(self, request: pb.GetJobEventsRequest, who: Principal) -> pb.GetJobEventsResponse:
+        events = await self.engine.jobs.events(request.job_id, who.tenant)
+        return pb.GetJobEventsResponse(job_id=request.job_id, events=[_event(e) for e in events])
+
+    @rpc
+    async def ListJobs(self, request: pb.ListJobsRequest, who: Principal) -> pb.ListJobsResponse:
+        tenant = TenantRequest(tenant=request.tenant).tenant
+        who.authorize(tenant)
+        jobs = await self.engine.jobs.for_tenant(tenant)
+        return pb.ListJobsResponse(tenant=tenant, jobs=[_job(j) for j in jobs])
+
+    @rpc
+    async def CreateAdapter(self, request: pb.CreateAdapterRequest, who: Principal) -> pb.CreateAdapterResponse:
+        body = CreateAdapterRequest(
+            tenant=request.tenant, adapter=request.adapter or "default", backbone=request.backbone or None,
+            labels=list(request.labels), descriptions=dict(request.descriptions) or None,
+        )
+        who.authorize(body.tenant)
+        version = await self.engine.versions.create_zero_shot(body.tenant, body.adapter, body.labels,
+                                                              body.descriptions, body.backbone)
+        return pb.CreateAdapterResponse(tenant=body.tenant, adapter=body.adapter, version=version,
+                                        backbone=body.backbone or self.engine.settings.default_backbone,
+                                        labels=body.labels)
+
+    @rpc
     async def ListAdapters(self, request: pb.ListAdaptersRequest, who: Principal) -> pb.ListAdaptersResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant
         who.authorize(tenant)
@@ -152,13 +207,63 @@ class GraftServicer(pb_grpc.GraftServicer):
         ])
 
     @rpc
+    async def ListVersions(self, request: pb.ListVersionsRequest, who: Principal) -> pb.ListVersionsResponse:
+        ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
+        who.authorize(ref.tenant)
+        versions = await self.engine.versions.list_versions(ref.tenant, ref.adapter)
+        return pb.ListVersionsResponse(tenant=ref.tenant, adapter=ref.adapter,
+                                       versions=[_version(v) for v in versions])
+
+    @rpc
     async def Promote(self, request: pb.PromoteRequest, who: Principal) -> pb.PromoteResponse:
-        tenant = TenantRequest(tenant=request.tenant).tenant
-        adapter = TenantRequest(tenant=request.adapter).tenant  # same name rule
+        ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
+        who.authorize(ref.tenant)  # before the version, as HTTP authorizes before reading the body
         version = PromoteRequest(version=request.version).version
-        who.authorize(tenant)
-        active = await self.engine.versions.promote(tenant, adapter, version)
-        return pb.PromoteResponse(tenant=tenant, adapter=adapter, active_version=active)
+        active = await self.engine.versions.promote(ref.tenant, ref.adapter, version)
+        return pb.PromoteResponse(tenant=ref.tenant, adapter=ref.adapter, active_version=active)
+
+    @rpc
+    async def Rollback(self, request: pb.RollbackRequest, who: Principal) -> pb.PromoteResponse:
+        ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
+        who.authorize(ref.tenant)
+        active = await self.engine.versions.rollback(ref.tenant, ref.adapter)
+        return pb.PromoteResponse(tenant=ref.tenant, adapter=ref.adapter, active_version=active)
+
+    @rpc
+    async def DeleteAdapter(self, request: pb.DeleteAdapterRequest, who: Principal) -> pb.DeleteAdapterResponse:
+        ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
+        who.authorize(ref.tenant)
+        await self.engine.versions.delete_adapter(ref.tenant, ref.adapter)
+        return pb.DeleteAdapterResponse(tenant=ref.tenant, adapter=ref.adapter, deleted=True)
+
+    # -- tenants and keys: the admin's alone, as over HTTP ------------------------------------
+
+    @rpc
+    async def CreateTenant(self, request: pb.CreateTenantRequest, who: Principal) -> pb.CreateTenantResponse:
+        who.require_admin()  # before validating: a tenant's key learns nothing of the rules
+        tenant = TenantRequest(tenant=request.tenant).tenant
+        key = await self.engine.tenancy.create_tenant(tenant)
+        return pb.CreateTenantResponse(tenant=tenant, api_key=key)
+
+    @rpc
+    async def IssueKey(self, request: pb.IssueKeyRequest, who: Principal) -> pb.IssueKeyResponse:
+        tenant = TenantRequest(tenant=request.tenant).tenant  # HTTP checks the path before the handler runs
+        who.require_admin()
+        info, key = await self.engine.tenancy.issue_key(tenant)
+        return pb.IssueKeyResponse(tenant=tenant, key_id=info.key_id, api_key=key)
+
+    @rpc
+    async def ListKeys(self, request: pb.ListKeysRequest, who: Principal) -> pb.ListKeysResponse:
+        tenant = TenantRequest(tenant=request.tenant).tenant
+        who.require_admin()
+        return _keys(tenant, await self.engine.tenancy.list_keys(tenant))
+
+    @rpc
+    async def RevokeKey(self, request: pb.RevokeKeyRequest, who: Principal) -> pb.ListKeysResponse:
+        ref = KeyRef(tenant=request.tenant, key_id=request.key_id)
+        who.require_admin()
+        await self.engine.tenancy.revoke_key(ref.tenant, ref.key_id)
+        return _keys(ref.tenant, await self.engine.tenancy.list_keys(ref.tenant))
 
 
 class GrpcServer:

@@ -78,6 +78,24 @@ class TenantRequest(_Strict):
     tenant: Name
 
 
+class AdapterRef(_Strict):
+    """A tenant's adapter as HTTP paths name it (/v1/tenants/{tenant}/adapters/{adapter}):
+    gRPC checks the same two fields of its messages with the same rule."""
+
+    tenant: Name
+    adapter: Name
+
+
+KEY_ID_PATTERN = r"^[0-9a-f]{1,16}$"
+
+
+class KeyRef(_Strict):
+    """A tenant's key as HTTP paths name it (/v1/tenants/{tenant}/keys/{key_id}), for gRPC."""
+
+    tenant: Name
+    key_id: Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
+
+
 class TenantCreated(BaseModel):
     tenant: str
     api_key: str = Field(description="the tenant's first key; shown once, stored hashed")

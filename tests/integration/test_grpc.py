@@ -1,11 +1,14 @@
 """gRPC with a real client over loopback: same answers as HTTP, health, reflection, every
-error code from a real bad call, deadlines."""
+error code from a real bad call, deadlines; the tenant, key, adapter and job RPCs with HTTP's
+authorization (a tenant's key sees only its own tenant, and nothing of the admin's)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
+from functools import partial
 
 import grpc
 import httpx
@@ -19,6 +22,7 @@ from adapters.registry import VersionRow, normalise_url
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
 from tests.integration.data import split
+from tests.integration.helpers import add_zero_shot_version
 from tests.integration.server import Server
 
 TRAIN, HELD_OUT = split()
@@ -124,6 +128,136 @@ def test_error_codes(stub, tenant, server):
                   .values(weights=b"\0" * 32))
     engine.dispose()
     assert code_of(lambda: stub.Predict(pb.PredictRequest(tenant=tenant, adapter="broken", inputs=["x"]))) == C.FAILED_PRECONDITION
+
+
+def new_tenant(stub: pb_grpc.GraftStub) -> tuple[str, str]:
+    """A fresh tenant created over gRPC (admin stub) and its first key."""
+    name = f"g-{uuid.uuid4().hex[:8]}"
+    created = stub.CreateTenant(pb.CreateTenantRequest(tenant=name))
+    assert created.tenant == name and created.api_key
+    return name, created.api_key
+
+
+def test_tenants_and_keys_over_grpc(stub, http, server):
+    C = grpc.StatusCode
+    tenant, _ = new_tenant(stub)
+    (first,) = stub.ListKeys(pb.ListKeysRequest(tenant=tenant)).keys
+    assert not first.revoked and first.created_at
+    issued = stub.IssueKey(pb.IssueKeyRequest(tenant=tenant))
+    assert (issued.tenant, bool(issued.api_key)) == (tenant, True) and issued.key_id != first.key_id
+    with server.channel(issued.api_key) as ch:  # the new key works at once
+        assert list(pb_grpc.GraftStub(ch).ListAdapters(pb.ListAdaptersRequest(tenant=tenant)).adapters) == []
+    after = stub.RevokeKey(pb.RevokeKeyRequest(tenant=tenant, key_id=first.key_id))
+    assert {(k.key_id, k.revoked) for k in after.keys} == {(first.key_id, True), (issued.key_id, False)}
+    h = http.get(f"/v1/tenants/{tenant}/keys").json()
+    assert sorted((k["key_id"], k["created_at"], k["revoked"]) for k in h["keys"]) == sorted(
+        (k.key_id, k.created_at, k.revoked) for k in after.keys)
+
+    assert code_of(lambda: stub.CreateTenant(pb.CreateTenantRequest(tenant=tenant))) == C.FAILED_PRECONDITION
+    assert code_of(lambda: stub.CreateTenant(pb.CreateTenantRequest(tenant="-bad"))) == C.INVALID_ARGUMENT
+    assert code_of(lambda: stub.RevokeKey(pb.RevokeKeyRequest(tenant=tenant, key_id="XYZ"))) == C.INVALID_ARGUMENT
+    assert code_of(lambda: stub.IssueKey(pb.IssueKeyRequest(tenant="Bad Name"))) == C.INVALID_ARGUMENT
+    with server.channel(issued.api_key) as ch:  # a tenant's key: the admin's RPCs do not exist, as over HTTP
+        mine = pb_grpc.GraftStub(ch)
+        assert code_of(lambda: mine.CreateTenant(pb.CreateTenantRequest(tenant="g-someone"))) == C.NOT_FOUND
+        assert code_of(lambda: mine.IssueKey(pb.IssueKeyRequest(tenant=tenant))) == C.NOT_FOUND
+        assert code_of(lambda: mine.ListKeys(pb.ListKeysRequest(tenant=tenant))) == C.NOT_FOUND
+        revoke = pb.RevokeKeyRequest(tenant=tenant, key_id=issued.key_id)
+        assert code_of(lambda: mine.RevokeKey(revoke)) == C.NOT_FOUND
+
+
+def test_adapter_lifecycle_over_grpc(stub, http, server):
+    C = grpc.StatusCode
+    tenant, key = new_tenant(stub)
+    created = stub.CreateAdapter(pb.CreateAdapterRequest(
+        tenant=tenant, adapter="a", labels=["refund", "shipping"],
+        descriptions={"refund": "I want my money back", "shipping": "where is my parcel"}))
+    assert (created.version, created.backbone, list(created.labels)) == (1, "minilm-l6", ["refund", "shipping"])
+    served = stub.Predict(pb.PredictRequest(tenant=tenant, adapter="a", inputs=["money back please"]))
+    assert served.predictions[0].label == "refund"
+    assert stub.CreateAdapter(pb.CreateAdapterRequest(tenant=tenant, labels=["yes", "no"])).adapter == "default"
+
+    v2 = add_zero_shot_version(http, server.database_url, tenant, "a", ["left", "right"], ["left", "right"])
+    listing = stub.ListVersions(pb.ListVersionsRequest(tenant=tenant, adapter="a"))
+    h = http.get(f"/v1/tenants/{tenant}/adapters/a/versions").json()
+    assert [(v.version, v.active, v.created_at, v.backbone, v.head, list(v.labels), v.parent_version or None)
+            for v in listing.versions] == [
+        (v["version"], v["active"], v["created_at"], v["backbone"], v["head"], v["labels"], v["parent_version"])
+        for v in h["versions"]]
+    assert [json.loads(v.metrics_json) for v in listing.versions] == [v["metrics"] for v in h["versions"]]
+    assert [json.loads(v.training_json) for v in listing.versions] == [v["training"] for v in h["versions"]]
+    assert json.loads(listing.versions[0].training_json)["method"] == "zero-shot"
+
+    assert stub.Promote(pb.PromoteRequest(tenant=tenant, adapter="a", version=v2)).active_version == v2
+    assert stub.Predict(pb.PredictRequest(tenant=tenant, adapter="a", inputs=["turn left"])).version == v2
+    rolled = stub.Rollback(pb.RollbackRequest(tenant=tenant, adapter="a"))
+    assert (rolled.tenant, rolled.adapter, rolled.active_version) == (tenant, "a", 1)
+    deleted = stub.DeleteAdapter(pb.DeleteAdapterRequest(tenant=tenant, adapter="a"))
+    assert (deleted.tenant, deleted.adapter, deleted.deleted) == (tenant, "a", True)
+    assert code_of(lambda: stub.Predict(pb.PredictRequest(tenant=tenant, adapter="a", inputs=["x"]))) == C.NOT_FOUND
+
+    for method, request, code in [  # HTTP's ERROR_CASES (test_http_adapters.py), over gRPC
+        (stub.CreateAdapter, pb.CreateAdapterRequest(tenant=tenant, adapter="x", labels=["a", "a"]), C.INVALID_ARGUMENT),
+        (stub.CreateAdapter, pb.CreateAdapterRequest(tenant=tenant, adapter="Bad", labels=["a", "b"]), C.INVALID_ARGUMENT),
+        (stub.CreateAdapter, pb.CreateAdapterRequest(tenant=tenant, labels=["a", "b"]), C.FAILED_PRECONDITION),
+        (stub.CreateAdapter, pb.CreateAdapterRequest(tenant="ghost", labels=["a", "b"]), C.NOT_FOUND),
+        (stub.Promote, pb.PromoteRequest(tenant=tenant, adapter="Not/A/Name", version=1), C.INVALID_ARGUMENT),
+        (stub.Promote, pb.PromoteRequest(tenant=tenant, adapter="default", version=0), C.INVALID_ARGUMENT),
+        (stub.ListVersions, pb.ListVersionsRequest(tenant=tenant, adapter="missing"), C.NOT_FOUND),
+        (stub.ListVersions, pb.ListVersionsRequest(tenant=tenant), C.INVALID_ARGUMENT),
+        (stub.Rollback, pb.RollbackRequest(tenant=tenant, adapter="default"), C.FAILED_PRECONDITION),
+        (stub.DeleteAdapter, pb.DeleteAdapterRequest(tenant=tenant, adapter="missing"), C.NOT_FOUND),
+        (stub.DeleteAdapter, pb.DeleteAdapterRequest(tenant="BAD", adapter="x"), C.INVALID_ARGUMENT),
+    ]:
+        assert code_of(partial(method, request)) == code, request
+
+    _, other_key = new_tenant(stub)
+    with server.channel(other_key) as ch:  # another tenant's key: this tenant's adapters do not exist
+        other = pb_grpc.GraftStub(ch)
+        for call in (
+            lambda: other.CreateAdapter(pb.CreateAdapterRequest(tenant=tenant, adapter="z", labels=["a", "b"])),
+            lambda: other.ListVersions(pb.ListVersionsRequest(tenant=tenant, adapter="default")),
+            lambda: other.Promote(pb.PromoteRequest(tenant=tenant, adapter="default", version=1)),
+            lambda: other.Rollback(pb.RollbackRequest(tenant=tenant, adapter="default")),
+            lambda: other.DeleteAdapter(pb.DeleteAdapterRequest(tenant=tenant, adapter="default")),
+        ):
+            assert code_of(call) == C.NOT_FOUND
+    with server.channel(key) as ch:  # its own key: all of it
+        own = pb_grpc.GraftStub(ch).ListVersions(pb.ListVersionsRequest(tenant=tenant, adapter="default"))
+        assert [v.version for v in own.versions] == [1]
+
+
+def test_job_events_and_listing_over_grpc(stub, http, server):
+    C = grpc.StatusCode
+    tenant, key = new_tenant(stub)
+    job = stub.FineTune(pb.FineTuneRequest(
+        tenant=tenant, adapter="slow", examples=[pb.Example(text=e["text"], label=e["label"]) for e in TRAIN],
+        params=pb.FineTuneParams(epochs=1000, patience=1000, batch_size=1)))
+    stub.CancelJob(pb.CancelJobRequest(job_id=job.job_id))
+
+    listing = stub.ListJobs(pb.ListJobsRequest(tenant=tenant))
+    assert listing.tenant == tenant and [j.job_id for j in listing.jobs] == [job.job_id]
+    h = http.get(f"/v1/tenants/{tenant}/jobs").json()["jobs"][0]
+    (g,) = listing.jobs
+    assert (g.adapter, g.backbone, g.created_at) == (h["adapter"], h["backbone"], h["created_at"]) and g.created_at
+
+    events = stub.GetJobEvents(pb.GetJobEventsRequest(job_id=job.job_id))
+    h = http.get(f"/v1/jobs/{job.job_id}/events").json()
+    assert events.job_id == job.job_id and [e.n for e in events.events][:1] == [1]
+    n = len(events.events)  # HTTP asked after gRPC: it may have seen an event more
+    as_http = [{"n": e.n, "at": e.at, "kind": e.kind, **json.loads(e.data_json)} for e in events.events]
+    assert as_http == h["events"][:n]
+
+    assert code_of(lambda: stub.GetJobEvents(pb.GetJobEventsRequest(job_id="nope"))) == C.NOT_FOUND
+    assert code_of(lambda: stub.ListJobs(pb.ListJobsRequest(tenant="Bad"))) == C.INVALID_ARGUMENT
+    with server.channel(key) as ch:
+        own = pb_grpc.GraftStub(ch).ListJobs(pb.ListJobsRequest(tenant=tenant))
+        assert [j.job_id for j in own.jobs] == [job.job_id]
+    _, other_key = new_tenant(stub)
+    with server.channel(other_key) as ch:
+        other = pb_grpc.GraftStub(ch)
+        assert code_of(lambda: other.ListJobs(pb.ListJobsRequest(tenant=tenant))) == C.NOT_FOUND
+        assert code_of(lambda: other.GetJobEvents(pb.GetJobEventsRequest(job_id=job.job_id))) == C.NOT_FOUND
 
 
 def test_grpc_metrics(http, stub):

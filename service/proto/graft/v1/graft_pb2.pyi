@@ -139,7 +139,7 @@ class FineTuneRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., backbone: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ..., params: _Optional[_Union[FineTuneParams, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "tenant", "adapter", "backbone", "status", "progress", "metrics_json", "version", "promoted", "error_code", "error_message", "attempts")
+    __slots__ = ("job_id", "tenant", "adapter", "backbone", "status", "progress", "metrics_json", "version", "promoted", "error_code", "error_message", "attempts", "created_at", "finished_at")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,8 @@ class Job(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant: str
     adapter: str
@@ -164,7 +166,9 @@ class Job(_message.Message):
     error_code: str
     error_message: str
     attempts: int
-    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., backbone: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[float] = ..., metrics_json: _Optional[str] = ..., version: _Optional[int] = ..., promoted: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    created_at: str
+    finished_at: str
+    def __init__(self, job_id: _Optional[str] = ..., tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., backbone: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[float] = ..., metrics_json: _Optional[str] = ..., version: _Optional[int] = ..., promoted: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., created_at: _Optional[str] = ..., finished_at: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -223,3 +227,206 @@ class PromoteResponse(_message.Message):
     adapter: str
     active_version: int
     def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., active_version: _Optional[int] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("tenant", "adapter")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class DeleteAdapterRequest(_message.Message):
+    __slots__ = ("tenant", "adapter")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class DeleteAdapterResponse(_message.Message):
+    __slots__ = ("tenant", "adapter", "deleted")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    deleted: bool
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class CreateAdapterRequest(_message.Message):
+    __slots__ = ("tenant", "adapter", "backbone", "labels", "descriptions")
+    class DescriptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    backbone: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    descriptions: _containers.ScalarMap[str, str]
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., backbone: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., descriptions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class CreateAdapterResponse(_message.Message):
+    __slots__ = ("tenant", "adapter", "version", "backbone", "labels")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    version: int
+    backbone: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., backbone: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ("tenant", "adapter")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
+
+class VersionDetail(_message.Message):
+    __slots__ = ("version", "active", "created_at", "backbone", "head", "labels", "metrics_json", "training_json", "parent_version")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    active: bool
+    created_at: str
+    backbone: str
+    head: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    metrics_json: str
+    training_json: str
+    parent_version: int
+    def __init__(self, version: _Optional[int] = ..., active: _Optional[bool] = ..., created_at: _Optional[str] = ..., backbone: _Optional[str] = ..., head: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., metrics_json: _Optional[str] = ..., training_json: _Optional[str] = ..., parent_version: _Optional[int] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("tenant", "adapter", "versions")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionDetail]
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionDetail, _Mapping]]] = ...) -> None: ...
+
+class GetJobEventsRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("n", "at", "kind", "data_json")
+    N_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    n: int
+    at: str
+    kind: str
+    data_json: str
+    def __init__(self, n: _Optional[int] = ..., at: _Optional[str] = ..., kind: _Optional[str] = ..., data_json: _Optional[str] = ...) -> None: ...
+
+class GetJobEventsResponse(_message.Message):
+    __slots__ = ("job_id", "events")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    events: _containers.RepeatedCompositeFieldContainer[JobEvent]
+    def __init__(self, job_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("tenant", "jobs")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    def __init__(self, tenant: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant", "api_key")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    api_key: str
+    def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class IssueKeyRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class IssueKeyResponse(_message.Message):
+    __slots__ = ("tenant", "key_id", "api_key")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    api_key: str
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+
+class ListKeysRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class KeyDetail(_message.Message):
+    __slots__ = ("key_id", "created_at", "revoked")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    created_at: str
+    revoked: bool
+    def __init__(self, key_id: _Optional[str] = ..., created_at: _Optional[str] = ..., revoked: _Optional[bool] = ...) -> None: ...
+
+class ListKeysResponse(_message.Message):
+    __slots__ = ("tenant", "keys")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    keys: _containers.RepeatedCompositeFieldContainer[KeyDetail]
+    def __init__(self, tenant: _Optional[str] = ..., keys: _Optional[_Iterable[_Union[KeyDetail, _Mapping]]] = ...) -> None: ...
+
+class RevokeKeyRequest(_message.Message):
+    __slots__ = ("tenant", "key_id")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    key_id: str
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...

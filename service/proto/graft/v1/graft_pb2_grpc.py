@@ -59,15 +59,65 @@ class GraftStub:
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetJobEvents = channel.unary_unary(
+                '/graft.v1.Graft/GetJobEvents',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/graft.v1.Graft/ListJobs',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
+        self.CreateAdapter = channel.unary_unary(
+                '/graft.v1.Graft/CreateAdapter',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterResponse.FromString,
+                _registered_method=True)
         self.ListAdapters = channel.unary_unary(
                 '/graft.v1.Graft/ListAdapters',
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListAdaptersRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListAdaptersResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/graft.v1.Graft/ListVersions',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
         self.Promote = channel.unary_unary(
                 '/graft.v1.Graft/Promote',
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/graft.v1.Graft/Rollback',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.FromString,
+                _registered_method=True)
+        self.DeleteAdapter = channel.unary_unary(
+                '/graft.v1.Graft/DeleteAdapter',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.FromString,
+                _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/graft.v1.Graft/CreateTenant',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.FromString,
+                _registered_method=True)
+        self.IssueKey = channel.unary_unary(
+                '/graft.v1.Graft/IssueKey',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/graft.v1.Graft/ListKeys',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/graft.v1.Graft/RevokeKey',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
 
 
@@ -75,43 +125,124 @@ class GraftServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """inference (any valid key)
+        POST /v1/embed
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """POST /v1/predict
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FineTune(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """fine-tune jobs
+        POST /v1/finetune
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GET /v1/jobs/{job_id}
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """POST /v1/jobs/{job_id}/cancel
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJobEvents(self, request, context):
+        """GET /v1/jobs/{job_id}/events
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """GET /v1/tenants/{tenant}/jobs
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAdapter(self, request, context):
+        """adapters and versions
+        POST /v1/adapters
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAdapters(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """GET /v1/tenants/{tenant}/adapters
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVersions(self, request, context):
+        """GET .../adapters/{adapter}/versions
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Promote(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """POST .../adapters/{adapter}/promote
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """POST .../adapters/{adapter}/rollback
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAdapter(self, request, context):
+        """DELETE .../adapters/{adapter}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """tenants and keys (admin key only; a tenant's key gets NOT_FOUND, as HTTP's 404)
+        POST /v1/tenants
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueKey(self, request, context):
+        """POST /v1/tenants/{tenant}/keys
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """GET /v1/tenants/{tenant}/keys
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """DELETE /v1/tenants/{tenant}/keys/{key_id}
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -144,15 +275,65 @@ def add_GraftServicer_to_server(servicer, server):
                     request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CancelJobRequest.FromString,
                     response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.Job.SerializeToString,
             ),
+            'GetJobEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobEvents,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CreateAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdapter,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterResponse.SerializeToString,
+            ),
             'ListAdapters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAdapters,
                     request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListAdaptersRequest.FromString,
                     response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListAdaptersResponse.SerializeToString,
             ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsResponse.SerializeToString,
+            ),
             'Promote': grpc.unary_unary_rpc_method_handler(
                     servicer.Promote,
                     request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteRequest.FromString,
                     response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RollbackRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.SerializeToString,
+            ),
+            'DeleteAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAdapter,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'IssueKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueKey,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +482,87 @@ class Graft:
             _registered_method=True)
 
     @staticmethod
+    def GetJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/GetJobEvents',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetJobEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/ListJobs',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/CreateAdapter',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListAdapters(request,
             target,
             options=(),
@@ -328,6 +590,33 @@ class Graft:
             _registered_method=True)
 
     @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/ListVersions',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Promote(request,
             target,
             options=(),
@@ -344,6 +633,168 @@ class Graft:
             '/graft.v1.Graft/Promote',
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteRequest.SerializeToString,
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/Rollback',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RollbackRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.PromoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/DeleteAdapter',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/CreateTenant',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/IssueKey',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/ListKeys',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/RevokeKey',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.RevokeKeyRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.ListKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
