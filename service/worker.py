@@ -12,10 +12,9 @@ import os
 import signal
 import threading
 import time
-from typing import Any
 
 from adapters.format import Adapter, AdapterFormatError, decode
-from adapters.jobs import Claimed, JobQueue, LeaseLost, worker_id
+from adapters.jobs import Claimed, JobQueue, LeaseKeeper, LeaseLost, worker_id
 from adapters.pipeline import train_version
 from adapters.registry import AdapterDeleted, NotFoundError, Registry, default_url
 from adapters.training import Cancelled
@@ -55,7 +54,7 @@ class Worker:
 
     def run(self, claim: Claimed) -> None:
         log.info("job %s: training %s/%s", claim.job.id, claim.job.tenant, claim.job.adapter)
-        beat = _Heartbeat(self.queue, claim, self.settings.job_lease_s / 3)
+        beat = LeaseKeeper(self.queue, claim, self.settings.job_lease_s / 3)
         beat.start()
         started, status = time.perf_counter(), "succeeded"
         try:
@@ -85,7 +84,7 @@ class Worker:
 
     # -- the work: one pipeline call, then publish --------------------------------------
 
-    def _train(self, claim: Claimed, beat: "_Heartbeat") -> None:
+    def _train(self, claim: Claimed, beat: LeaseKeeper) -> None:
         job = claim.job
         backbone = self._backbone(job.backbone)
         outcome = train_version(
@@ -122,40 +121,6 @@ class Worker:
         except AdapterFormatError as e:
             log.warning("active version of %s/%s unusable as a baseline: %s", tenant, adapter, e)
             return None
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the job's lease while the pipeline computes, and is its reporter: events go to
-    the job, progress rides on the next heartbeat, a cancel request is noticed there."""
-
-    def __init__(self, queue: JobQueue, claim: Claimed, every_s: float) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{claim.job.id[:8]}")
-        self.queue, self.claim, self.every_s = queue, claim, every_s
-        self._progress = 0.0
-        self.cancel_requested = False
-        self._stop = threading.Event()
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.queue.event(self.claim, kind, data)
-
-    def progress(self, fraction: float) -> None:
-        self._progress = fraction
-
-    def cancelled(self) -> bool:
-        return self.cancel_requested
-
-    def run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.cancel_requested = self.queue.heartbeat(self.claim, self._progress)
-            except LeaseLost:
-                self.cancel_requested = True
-                return
-            except Exception:
-                log.warning("heartbeat failed; will retry", exc_info=True)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def main() -> None:
