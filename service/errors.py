@@ -1,4 +1,4 @@
-"""A few typed errors, each mapped once to an HTTP status (and, later, a gRPC code)."""
+"""A few typed errors, each mapped once to an HTTP status and a gRPC code."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -47,6 +47,11 @@ class Unauthenticated(GraftError):
 class NotFound(GraftError):
     status, code = 404, "not_found"
     grpc_status = "NOT_FOUND"
+
+
+class MethodNotAllowed(GraftError):
+    status, code = 405, "method_not_allowed"
+    grpc_status = "UNIMPLEMENTED"
 
 
 class Conflict(GraftError):

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Depends, FastAPI, Path, Request
+from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
@@ -19,7 +20,9 @@ from starlette.responses import Response
 from service import metrics
 from service.auth import Principal
 from service.engine import Engine
-from service.errors import DOMAIN_ERRORS, GraftError, InvalidInput, PayloadTooLarge, from_validation, translate
+from service.errors import (
+    DOMAIN_ERRORS, GraftError, InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, from_validation, translate,
+)
 from service.schemas import (
     NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
     EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
@@ -348,3 +351,18 @@ async def list_jobs(tenant: str = TenantPath, who: Principal = Depends(caller)) 
     who.authorize(tenant)
     jobs = await engine().jobs.for_tenant(tenant)
     return _json({"tenant": tenant, "jobs": [j.public() for j in jobs]})
+
+
+# Last: whatever no route above took. Unknown paths and wrong methods answer in the JSON
+# error shape of every other error (BentoML's router would answer plain text).
+@app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"], include_in_schema=False)
+async def no_route(request: Request, path: str) -> Response:
+    allowed = sorted({m for r in app.routes if isinstance(r, APIRoute) and r.path != "/{path:path}"
+                      and r.path_regex.match(request.url.path) for m in r.methods or ()})
+    if allowed:
+        err: GraftError = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}; use {allowed}",
+                                           {"allow": allowed})
+        response = _error(err)
+        response.headers["Allow"] = ", ".join(allowed)
+        return response
+    return _error(NotFound(f"no route {request.url.path}: see the README for the API"))

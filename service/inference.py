@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.cache import AdapterCache, BackboneRef
+from adapters.cache import AdapterCache, BackboneNotLoaded, BackboneRef
 from adapters.format import Adapter
 from adapters.registry import Registry
 from models import Backbone, load_backbone
@@ -161,6 +161,12 @@ class Inference:
 
     # -- backbones -------------------------------------------------------------------
 
+    def _require_loaded(self) -> None:
+        if self._failure:
+            raise Unavailable(f"{self._failure}; see the server log and /readyz")
+        if not self.ready:
+            raise Unavailable("backbones are still loading; retry shortly (see /readyz)")
+
     def backbone(self, name: str | None) -> Backbone:
         """The loaded backbone by id; 404 when Graft does not know it, 409 when not loaded here."""
         name = name or self.settings.default_backbone
@@ -228,10 +234,16 @@ class Inference:
     async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
         if top_k < 1:
             raise InvalidInput("top_k must be at least 1")
-        async with self.cache.lease(tenant, adapter) as head:
-            model = self.backbone(head.config.backbone)
-            ready = await self.prepare_items(model, items)
-            rows = await self.run(model, [Work(item, head) for item in ready])
+        self._require_loaded()  # else an adapter's backbone would look "not configured" (409)
+        try:
+            async with self.cache.lease(tenant, adapter) as head:
+                model = self.backbone(head.config.backbone)
+                ready = await self.prepare_items(model, items)
+                rows = await self.run(model, [Work(item, head) for item in ready])
+        except BackboneNotLoaded as e:
+            if self._failure or not self.ready:  # still loading: 503, not "add it to GRAFT_BACKBONES"
+                raise Unavailable("backbones are still loading; retry shortly (see /readyz)") from e
+            raise
         labels = head.labels
         k = min(top_k, len(labels))
         predictions = []

@@ -29,6 +29,8 @@ def parse_jsonl(data: bytes) -> list[dict[str, Any]]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise InvalidInput(f"line {n}: not valid JSON ({e.msg})", {"line": n}) from e
+        except RecursionError:
+            raise InvalidInput(f"line {n}: the JSON is nested too deeply", {"line": n}) from None
         if not isinstance(item, dict):
             raise InvalidInput(f'line {n}: expected an object like {{"text": ..., "label": ...}}', {"line": n})
         examples.append({**item, "_line": n})
@@ -40,12 +42,22 @@ def parse_csv(data: bytes) -> list[dict[str, Any]]:
     if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
         raise InvalidInput("line 1: a CSV upload needs a header row with the columns text and label", {"line": 1})
     examples = []
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return examples
+        except csv.Error as e:  # a field past csv.field_size_limit(), a stray quote
+            n = reader.line_num + 1  # the line being read when it failed
+            if "field limit" in str(e):
+                raise PayloadTooLarge(f"line {n}: a field is longer than {csv.field_size_limit()} characters",
+                                      {"line": n}) from None
+            raise InvalidInput(f"line {n}: not valid CSV ({e})", {"line": n}) from None
         n = reader.line_num
         if None in row or any(v is None for v in row.values()):
             raise InvalidInput(f"line {n}: wrong number of fields", {"line": n})
         examples.append({"text": row["text"], "label": row["label"], "_line": n})
-    return examples
 
 
 def parse_zip(data: bytes, *, max_bytes: int) -> list[dict[str, Any]]:

@@ -123,3 +123,11 @@ def test_probes_and_metrics(client):
 def test_openapi_describes_embed(client):
     spec = client.get("/openapi.json").json()
     assert "/v1/embed" in spec["paths"]
+
+
+def test_unknown_routes_and_wrong_methods_answer_in_the_json_error_shape(client):
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = client.get("/v1/embed")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in r.headers["allow"]

@@ -55,3 +55,33 @@ def test_failed_load_is_reported_not_raised(graft_home, tmp_path):
         await engine.close()
 
     asyncio.run(main())
+
+
+def test_predict_while_backbones_load_is_503_not_409(graft_home, tmp_path):
+    """Before the backbones are loaded, an adapter's backbone is not missing from the
+    configuration: the answer is 'retry shortly' (503), never 'add it to GRAFT_BACKBONES'."""
+    import numpy as np
+
+    from adapters import zero_shot
+    from adapters.format import encode
+
+    async def main():
+        engine = make(graft_home, tmp_path, backbones=["minilm-l6"])
+        engine.registry.create_tenant("acme")
+        config, tensors = zero_shot.build("minilm-l6", "f" * 32, ["a", "b"], np.eye(2, 384, dtype=np.float32))
+        engine.registry.create_adapter("acme", "default", *encode(config, tensors))
+        with pytest.raises(Unavailable, match="still loading"):
+            await engine.inference.predict("acme", "default", ["hello"])
+        await engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_fresh_home_is_created_private(tmp_path):
+    import stat
+
+    from adapters.registry import Registry, default_url
+
+    home = tmp_path / "not" / "yet"
+    Registry(default_url(home)).close()
+    assert (home / "registry.db").is_file() and stat.S_IMODE(home.stat().st_mode) == 0o700

@@ -178,3 +178,15 @@ def test_broken_image_in_a_zip_names_the_member():
                                "dog/broken.png": png(4)[:100]}), max_bytes=10**6)
     with pytest.raises(InvalidInput, match="dog/broken.png: the image cannot be decoded"):
         check_images(examples)
+
+
+def test_csv_field_past_the_csv_limit_is_413_with_its_line():
+    data = ("text,label\nshort,a\n" + "x" * 200_000 + ",b\n").encode()
+    with pytest.raises(PayloadTooLarge, match="line 3"):
+        parse_csv(data)
+
+
+def test_deeply_nested_jsonl_is_400_with_its_line():
+    data = b'{"text": "ok", "label": "a"}\n' + b"[" * 200_000 + b"\n"
+    with pytest.raises(InvalidInput, match="line 2: the JSON is nested too deeply"):
+        parse_jsonl(data)
