@@ -24,7 +24,7 @@ from service.errors import (
     DOMAIN_ERRORS, GraftError, InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, from_validation, translate,
 )
 from service.schemas import (
-    NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
+    KEY_ID_PATTERN, NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
     EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
     KeyCreated, KeyList, PredictRequest, PredictResponse, PromoteRequest, TenantCreated, TenantRequest,
     VersionDetail, VersionList,
@@ -198,7 +198,7 @@ async def list_keys(tenant: str = TenantPath, who: Principal = Depends(caller)) 
 
 
 @app.delete("/v1/tenants/{tenant}/keys/{key_id}", response_model=KeyList, responses=ERRORS)
-async def revoke_key(tenant: str = TenantPath, key_id: str = Path(pattern=r"^[0-9a-f]{1,16}$"),
+async def revoke_key(tenant: str = TenantPath, key_id: str = Path(pattern=KEY_ID_PATTERN),
                      who: Principal = Depends(caller)) -> Response:
     """Admin: revoke a key (every replica refuses it within GRAFT_KEY_CACHE_S)."""
     who.require_admin()
