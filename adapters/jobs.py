@@ -27,6 +27,8 @@ from adapters.registry import Base, NotFoundError, QuotaExceeded, Registry, utc
 
 log = logging.getLogger(__name__)
 
+INSERT_CHUNK = 5000  # rows per multi-row INSERT
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -320,7 +322,9 @@ class JobQueue:
             else:
                 from sqlalchemy.dialects.sqlite import insert
             rows = [{"fingerprint": fingerprint, "text_sha256": text_key(t), "vector": v} for t, v in vectors.items()]
-            s.execute(insert(EmbeddingRow).values(rows).on_conflict_do_nothing())
+            # One statement per chunk: PostgreSQL takes at most 65,535 bind parameters (3 a row).
+            for i in range(0, len(rows), INSERT_CHUNK):
+                s.execute(insert(EmbeddingRow).values(rows[i : i + INSERT_CHUNK]).on_conflict_do_nothing())
 
     # -- helpers -------------------------------------------------------------------------
 

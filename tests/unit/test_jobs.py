@@ -158,3 +158,15 @@ def test_embedding_cache(queue):
     queue.store_embeddings("fp", {"hello": vec})
     assert queue.cached_embeddings("fp", ["hello", "other"]) == {"hello": vec}
     assert queue.cached_embeddings("other-fp", ["hello"]) == {}
+
+
+def test_the_maximum_example_count_of_embeddings_is_stored(queue):
+    """50,000 examples (GRAFT_MAX_TRAIN_EXAMPLES) in one store: on PostgreSQL one INSERT of
+    them all would pass its 65,535 bind parameters."""
+    from service.settings import Settings
+
+    n = Settings.model_fields["max_train_examples"].default
+    vectors = {f"text {i}": i.to_bytes(4, "little") * 4 for i in range(n)}
+    queue.store_embeddings("f" * 32, vectors)
+    sample = [f"text {i}" for i in range(0, n, 997)]
+    assert queue.cached_embeddings("f" * 32, sample) == {t: vectors[t] for t in sample}
