@@ -76,7 +76,7 @@ class AdapterCache:
         self.events = events or CacheEvents()
         self._entries: OrderedDict[Key, _Entry] = OrderedDict()
         self._bytes = 0
-        self._load_locks: dict[Key, asyncio.Lock] = {}
+        self._load_locks: dict[Key, tuple[asyncio.Lock, int]] = {}  # lock, coroutines using it
         self._changed_while_loading: set[Key] = set()
         self._watermark: int | None = None
         self.registry_ok = True  # did the last look at the registry succeed?
@@ -115,30 +115,40 @@ class AdapterCache:
             self.events.on_hit()
             return entry
         self.events.on_miss()
-        lock = self._load_locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(key)  # loaded by whoever held the lock before us
-            while entry is None:
-                self._changed_while_loading.discard(key)
-                adapter = await self._load_active(key)
-                if key in self._changed_while_loading:
-                    continue  # the registry moved on while we read it: read again
-                entry = self._put(key, adapter)
-        if not lock.locked():
-            self._load_locks.pop(key, None)
+        if self._watermark is None:
+            # Before the watcher's first look: changes from here on are applied to what we
+            # load now (else a version promoted meanwhile would stay stale forever).
+            self._watermark = await asyncio.to_thread(self.registry.watermark)
+        lock, users = self._load_locks.get(key, (asyncio.Lock(), 0))
+        self._load_locks[key] = (lock, users + 1)  # counted: a waiter keeps the lock alive
+        try:
+            async with lock:
+                entry = self._entries.get(key)  # loaded by whoever held the lock before us
+                while entry is None:
+                    self._changed_while_loading.discard(key)
+                    adapter = await self._load_active(key)
+                    if key in self._changed_while_loading:
+                        continue  # the registry moved on while we read it: read again
+                    entry = self._put(key, adapter)
+        finally:
+            lock, users = self._load_locks[key]
+            if users == 1:
+                del self._load_locks[key]
+            else:
+                self._load_locks[key] = (lock, users - 1)
         return entry
 
     async def _load_active(self, key: Key) -> Adapter:
         started = time.perf_counter()
         stored, history = await asyncio.to_thread(self.registry.active, *key)
         try:
-            adapter = self._verify(stored)
+            adapter = await asyncio.to_thread(self._verify, stored)  # SHA-256 + safetensors: off the loop
         except AdapterFormatError as first:
             # Keep serving what served before: the most recent earlier active version.
             for version in reversed(history):
                 try:
                     older = await asyncio.to_thread(self.registry.get_version, key[0], key[1], version)
-                    adapter = self._verify(older)
+                    adapter = await asyncio.to_thread(self._verify, older)
                 except (AdapterFormatError, NotFoundError):
                     continue
                 log.error("adapter %s/%s v%d refused (%s); serving v%d", *key, stored.version, first, version)
@@ -246,7 +256,7 @@ class AdapterCache:
     async def _swap(self, key: Key, version: int) -> None:
         try:
             stored = await asyncio.to_thread(self.registry.get_version, key[0], key[1], version)
-            adapter = self._verify(stored)
+            adapter = await asyncio.to_thread(self._verify, stored)
         except (AdapterFormatError, BackboneNotLoaded) as e:
             log.error("adapter %s/%s v%d not swapped in, the resident version keeps serving: %s", *key, version, e)
             return

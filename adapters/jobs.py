@@ -225,7 +225,9 @@ class JobQueue:
             row = s.get(JobRow, job_id)
             assert row is not None
             s.refresh(row)
-            self._event(s, job_id, "started", {"worker": owner, "attempt": row.attempts})
+            # The worker's host:pid stays in the log, not in events a tenant reads.
+            log.info("job %s: attempt %d claimed by %s", job_id, row.attempts, owner)
+            self._event(s, job_id, "started", {"attempt": row.attempts})
             return Claimed(_job(row), list(row.examples), owner)
 
     def expire(self) -> None:
@@ -236,7 +238,8 @@ class JobQueue:
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                lost = {"worker": row.lease_owner, "attempt": row.attempts}
+                log.warning("job %s: worker %s lost its lease (attempt %d)", row.id, row.lease_owner, row.attempts)
+                lost = {"attempt": row.attempts}
                 if row.cancel_requested:
                     row.status, row.finished_at = "cancelled", _now()
                     self._event(s, row.id, "cancelled", lost)

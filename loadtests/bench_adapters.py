@@ -49,7 +49,7 @@ def main() -> None:
     from adapters.format import encode
     from adapters.registry import Registry
     from models.catalog import resolve_spec
-    from models.export import artifact_dir
+    from models.int8 import choose_int8
     from service.settings import Settings
     from tests.integration.server import Server
 
@@ -131,7 +131,7 @@ def main() -> None:
 
     spec = resolve_spec("minilm-l6")
     backbone_bytes = (spec.path / "model.safetensors").stat().st_size
-    int8_bytes = (artifact_dir(spec, settings.home) / "int8.onnx").stat().st_size
+    int8_bytes = choose_int8(spec, settings.home).path.stat().st_size  # what the gate serves here
     adapter_bytes = statistics.median(sizes)
     rows = [
         ("(a) throughput, 100 tenants (Zipf s=1.1) / one tenant", f"{zipf_rate:.1f} / {one_rate:.1f} texts/s = **{zipf_rate / one_rate:.2f}** (target ≥ 0.9); p50 {zipf_p50:.0f} / {one_p50:.0f} ms"),

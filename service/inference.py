@@ -130,7 +130,10 @@ class Inference:
                     image_limits=s.image_limits(),
                 )
             except Exception as e:
-                self._failure = f"backbone {name!r} failed to load: {e}"
+                # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.
+                position = self.settings.backbones.index(name) + 1
+                self._failure = (f"backbone {position} of GRAFT_BACKBONES failed to load "
+                                 f"(backbone_load_failed: {type(e).__name__})")
                 log.exception("backbone %s failed to load", name)
                 return
             self._add(backbone)

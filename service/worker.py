@@ -50,7 +50,11 @@ class Worker:
             if claim is None:
                 stop.wait(self.settings.job_poll_ms / 1000)
                 continue
-            self.run(claim)
+            try:
+                self.run(claim)
+            except Exception:  # the registry went away mid-finish: the lease expires, the job retries
+                log.exception("job %s: could not be finished; its lease will expire and it will be retried",
+                              claim.job.id)
 
     def run(self, claim: Claimed) -> None:
         log.info("job %s: training %s/%s", claim.job.id, claim.job.tenant, claim.job.adapter)
@@ -68,10 +72,11 @@ class Worker:
         except TrainingError as e:
             status = "failed"
             self._finish(claim, status, e.code, str(e))
-        except Exception as e:  # a bug must fail the job, not the worker
+        except Exception:  # a bug must fail the job, not the worker
             status = "failed"
-            log.exception("job %s failed", claim.job.id)
-            self._finish(claim, status, "internal", f"{type(e).__name__}: {e}")
+            log.exception("job %s failed", claim.job.id)  # the detail stays in the worker's log
+            self._finish(claim, status, "internal",
+                         f"an internal error stopped the job; operators find it in the worker log under job {claim.job.id}")
         finally:
             beat.stop()
             metrics.finetune_job_seconds.labels(status).observe(time.perf_counter() - started)
@@ -81,6 +86,9 @@ class Worker:
             self.queue.finish(claim, status, error_code=code, error_message=message)
         except LeaseLost:
             log.warning("job %s: lease lost before it could be marked %s", claim.job.id, status)
+        except Exception:  # the registry is away: the lease expires and the job is retried
+            log.warning("job %s: could not be marked %s (registry unreachable?); it will be retried",
+                        claim.job.id, status, exc_info=True)
 
     # -- the work: one pipeline call, then publish --------------------------------------
 
@@ -108,7 +116,9 @@ class Worker:
                 self._backbones[name] = load_backbone(name, s.home, precision=s.precision, provider=s.provider,
                                                       intra_op_threads=s.train_threads, image_limits=s.image_limits())
             except Exception as e:
-                raise TrainingError("backbone_unavailable", f"backbone {name!r} cannot be loaded: {e}") from e
+                log.exception("backbone %s cannot be loaded", name)
+                raise TrainingError("backbone_unavailable",
+                                    f"backbone {name!r} cannot be loaded on the trainer; see its log") from e
         return self._backbones[name]
 
     def _active(self, tenant: str, adapter: str, backbone: Backbone) -> Adapter | None:

@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from service.settings import Settings
@@ -25,41 +26,67 @@ def _die_with_parent() -> None:
         pass
 
 
-class WorkerPool:
-    """Fine-tune worker processes beside the HTTP service, restarted when they die."""
+def restart_delay(crashes: int) -> float:
+    """Seconds before restarting a worker that died `crashes` times in a row: 0 for the first,
+    then 1, 2, 4 ... up to 60, so a worker that cannot start does not spin the CPU."""
+    return 0.0 if crashes <= 1 else min(60.0, 2.0 ** (crashes - 2))
 
-    def __init__(self, settings: Settings) -> None:
+
+class WorkerPool:
+    """Fine-tune worker processes beside the HTTP service, restarted with backoff when they die
+    (a worker that lived STABLE_S counts as healthy again)."""
+
+    STABLE_S = 60.0
+
+    def __init__(self, settings: Settings, command: list[str] | None = None) -> None:
         self.settings = settings
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.command = command or [sys.executable, "-m", "service.worker"]
+        self.procs: list[subprocess.Popen[bytes] | None] = []
+        self.spawns = 0
+        self._started: list[float] = []
+        self._crashes: list[int] = []
+        self._restart_at: list[float] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self.settings.train_workers <= 0:
             return
-        self.procs = [self._spawn() for _ in range(self.settings.train_workers)]
+        n = self.settings.train_workers
+        self._started, self._crashes, self._restart_at = [0.0] * n, [0] * n, [0.0] * n
+        self.procs = [self._spawn(i) for i in range(n)]
         self._task = asyncio.get_running_loop().create_task(self._supervise(), name="train-workers")
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=Path(__file__).resolve().parents[1],
-                                preexec_fn=_die_with_parent)
+    def _spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(self.command, cwd=Path(__file__).resolve().parents[1], preexec_fn=_die_with_parent)
+        self._started[slot] = time.monotonic()
+        self.spawns += 1
         log.info("started fine-tune worker pid %d", proc.pid)
         return proc
 
-    async def _supervise(self) -> None:
+    async def _supervise(self, tick_s: float = 0.5) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(tick_s)
+            now = time.monotonic()
             for i, proc in enumerate(self.procs):
-                if proc.poll() is not None:
-                    log.warning("fine-tune worker pid %d exited with %s; restarting", proc.pid, proc.returncode)
-                    self.procs[i] = self._spawn()
+                if proc is not None and proc.poll() is not None:
+                    lived = now - self._started[i]
+                    self._crashes[i] = 1 if lived >= self.STABLE_S else self._crashes[i] + 1
+                    delay = restart_delay(self._crashes[i])
+                    self._restart_at[i] = now + delay
+                    log.warning("fine-tune worker pid %d exited with %s after %.0f s; restarting in %.0f s",
+                                proc.pid, proc.returncode, lived, delay)
+                    self.procs[i] = None
+                if self.procs[i] is None and now >= self._restart_at[i]:
+                    self.procs[i] = self._spawn(i)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        for proc in self.procs:
+        procs = [p for p in self.procs if p is not None]
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs:
+        for proc in procs:
             try:
                 await asyncio.to_thread(proc.wait, 10)
             except subprocess.TimeoutExpired:

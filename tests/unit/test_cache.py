@@ -179,3 +179,87 @@ def test_cold_load_of_corrupt_active_falls_back_to_previous(registry):
                 pass
 
     asyncio.run(main())
+
+
+def test_one_load_per_key_even_when_waiters_arrive_in_waves(registry):
+    """The per-key lock stays while anyone waits on it. Here: A loads while B waits; A
+    releases; before B runs, the entry is evicted and C arrives. C must queue behind B on
+    the same lock (one more load, B's), not take a fresh lock and load beside B."""
+    from adapters.format import decode
+
+    registry.create_adapter("t", "a", *version())
+    cache = make_cache(registry)
+    stored, _ = registry.active("t", "a")
+    adapter = decode(stored.config, stored.weights, fingerprint=FP, dim=DIM, version=stored.version)
+    gates = [asyncio.Event(), asyncio.Event()]
+    loads: list[int] = []
+
+    async def load_active(key):
+        loads.append(len(loads))
+        await gates[min(len(loads) - 1, 1)].wait()
+        return adapter
+
+    cache._load_active = load_active  # type: ignore[method-assign]
+    cache._watermark = registry.watermark()  # as after the watcher's first look: no awaits but ours
+
+    async def lease_once():
+        async with cache.lease("t", "a"):
+            pass
+
+    async def main():
+        a = asyncio.create_task(lease_once())
+        b = asyncio.create_task(lease_once())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # A is loading, B waits on the lock
+        gates[0].set()
+        await asyncio.sleep(0)  # A finished and released; B's wake-up is queued behind us
+        cache._entries.clear()  # evicted meanwhile
+        c = asyncio.create_task(lease_once())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        gates[1].set()
+        await asyncio.gather(a, b, c)
+
+    asyncio.run(main())
+    assert len(loads) == 2, f"{len(loads)} loads: a second lock let two coroutines load one adapter"
+    assert not cache._load_locks  # nothing left behind
+
+
+def test_a_version_promoted_before_the_first_refresh_is_not_stale_forever(registry):
+    registry.create_adapter("t", "a", *version())
+    registry.add_version("t", "a", *version(seed=1), activate=False)
+    cache = make_cache(registry)
+
+    async def main():
+        async with cache.lease("t", "a") as first:  # loaded before the watcher ever looked
+            assert first.version == 1
+        registry.promote("t", "a", 2)
+        cache.start()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if cache.resident("t", "a") and cache.resident("t", "a").version == 2:
+                break
+        async with cache.lease("t", "a") as now:
+            version = now.version
+        await cache.close()
+        return version
+
+    assert asyncio.run(main()) == 2
+
+
+def test_verification_runs_off_the_event_loop(registry, monkeypatch):
+    import threading
+
+    registry.create_adapter("t", "a", *version())
+    cache = make_cache(registry)
+    threads: list[str] = []
+    original = cache._verify
+    monkeypatch.setattr(cache, "_verify", lambda stored: (threads.append(threading.current_thread().name),
+                                                          original(stored))[1])
+
+    async def main():
+        async with cache.lease("t", "a"):
+            return threading.current_thread().name
+
+    loop_thread = asyncio.run(main())
+    assert threads and loop_thread not in threads

@@ -170,3 +170,10 @@ def test_the_maximum_example_count_of_embeddings_is_stored(queue):
     queue.store_embeddings("f" * 32, vectors)
     sample = [f"text {i}" for i in range(0, n, 997)]
     assert queue.cached_embeddings("f" * 32, sample) == {t: vectors[t] for t in sample}
+
+
+def test_job_events_name_no_host_or_process(queue):
+    job = submit(queue)
+    queue.claim("host-a:1234")
+    started = [e for e in queue.events(job.id) if e["kind"] == "started"][0]
+    assert "host-a" not in str(started) and started["attempt"] == 1
