@@ -8,7 +8,6 @@ die. Workers run at lower CPU priority with one thread each, so serving keeps it
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from adapters.training import Cancelled
 from models import Backbone, load_backbone
 from service import metrics
 from service.settings import Settings
+from service.worker_pool import prepare_worker_process
 
 log = logging.getLogger("service.worker")  # not __name__: it is __main__ under -m
 
@@ -134,26 +134,8 @@ class Worker:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
-    for name in ("service", "adapters", "models"):
-        logging.getLogger(name).setLevel(logging.INFO)
     settings = Settings()
-    try:
-        os.nice(settings.train_nice)
-    except OSError:
-        pass
-    import torch
-
-    torch.set_num_threads(settings.train_threads)
-    if settings.train_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # A standalone trainer (its own pod) serves its metrics itself; one started by the
-        # service writes them into the service's multiprocess directory instead.
-        from prometheus_client import start_http_server
-
-        try:
-            start_http_server(settings.train_metrics_port)
-        except OSError as e:  # another worker on this host has the port: train without it
-            log.warning("metrics port %d unavailable (%s); set GRAFT_TRAIN_METRICS_PORT", settings.train_metrics_port, e)
+    prepare_worker_process(settings)  # logging, CPU priority, threads, metrics
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

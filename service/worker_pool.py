@@ -1,9 +1,11 @@
-"""Fine-tune worker processes beside the HTTP service (GRAFT_TRAIN_WORKERS), restarted when
-they die; each runs `python -m service.worker`."""
+"""Fine-tune worker processes: started beside the HTTP service (GRAFT_TRAIN_WORKERS) and
+restarted with backoff when they die, and the set-up of each such process
+(`python -m service.worker`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -91,3 +93,28 @@ class WorkerPool:
                 await asyncio.to_thread(proc.wait, 10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def prepare_worker_process(settings: Settings) -> None:
+    """Set up a fine-tune worker process: logs, lower CPU priority and few threads (serving
+    keeps its cores), and its metrics."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s")
+    for name in ("service", "adapters", "models"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        os.nice(settings.train_nice)
+    except OSError:
+        pass
+    import torch
+
+    torch.set_num_threads(settings.train_threads)
+    if settings.train_metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # A standalone trainer (its own pod) serves its metrics itself; one started by the
+        # service writes them into the service's multiprocess directory instead.
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.train_metrics_port)
+        except OSError as e:  # another worker on this host has the port: train without it
+            log.warning("metrics port %d unavailable (%s); set GRAFT_TRAIN_METRICS_PORT", settings.train_metrics_port, e)
