@@ -3,6 +3,11 @@
 One loop per backbone takes whatever is queued (up to `max_size` items) and runs it in a
 worker thread. While a pass runs, new requests queue up, so the batch grows with load by
 itself; a lone request on an idle backbone waits at most `max_wait` for company.
+
+The queue is bounded by items (`max_queued`): beyond it a request is answered 503 with
+Retry-After at once (backpressure, as text-embeddings-inference does), never left to wait
+without end. The loop is supervised: should it die, the requests it held fail with 503 and
+the next request starts a new loop.
 """
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
+
+from service.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,30 +51,54 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         executor: ThreadPoolExecutor | None = None,
+        max_queued: int | None = None,
     ) -> None:
         self.name = name
         self._run = run
         self.max_size = max_size
         self.max_wait_s = max_wait_s
+        self.max_queued = max_queued
         self._on_batch = on_batch
         self._pending: deque[_Chunk[T, R]] = deque()
+        self._queued_items = 0  # items in _pending (backpressure)
+        self._inflight: list[_Chunk[T, R]] = []  # the batch the loop holds
+        self.restarts = 0  # loops that died and were replaced
         self._wakeup = asyncio.Event()
         # A one-thread executor shared by several batchers makes their passes take turns
         # (the Engine does this on CPU); by default each batcher has its own thread.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
-        if self._task is None:
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+            self._task.add_done_callback(self._supervise)
+
+    def _supervise(self, task: asyncio.Task[None]) -> None:
+        """The loop ended: unless it was stopped, fail what it held (503); the next request
+        starts a new one."""
+        if task.cancelled() or self._closing:
+            return
+        log.error("batcher %s died; failing its requests and restarting", self.name, exc_info=task.exception())
+        self.restarts += 1
+        error = Unavailable(f"backbone {self.name!r} had an internal error; retry the request",
+                            headers={"Retry-After": "1"})
+        for chunk in [*self._inflight, *self._pending]:
+            if not chunk.future.done():
+                chunk.future.set_exception(error)
+        self._inflight, self._queued_items = [], 0
+        self._pending.clear()
+        self._task = None  # the next request starts a new loop (no restart storm on a bug)
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Exception):  # stopped, or died (already reported)
                 pass
         if self._owns_executor:
             self._executor.shutdown(wait=True)
@@ -75,12 +106,19 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, items: list[T]) -> list[R]:
         """Results for items, sharing backbone passes with whoever else is asking."""
         self.start()
+        if self.max_queued is not None and self._queued_items + len(items) > self.max_queued:
+            raise Unavailable(
+                f"backbone {self.name!r} has {self._queued_items} items queued, the limit "
+                f"(GRAFT_MAX_QUEUED_ITEMS): retry shortly", {"queued": self._queued_items, "limit": self.max_queued},
+                headers={"Retry-After": "1"},
+            )
         loop = asyncio.get_running_loop()
         chunks = [
             _Chunk(items[i : i + self.max_size], loop.create_future())
             for i in range(0, len(items), self.max_size)
         ]
         self._pending.extend(chunks)
+        self._queued_items += len(items)
         self._wakeup.set()
         try:
             parts = await asyncio.gather(*(c.future for c in chunks))
@@ -97,23 +135,29 @@ class MicroBatcher(Generic[T, R]):
             batch = [chunk for chunk in await self._collect() if not chunk.future.done()]
             if not batch:
                 continue
+            self._inflight = batch
             items = [item for chunk in batch for item in chunk.items]
             try:
                 result, started, seconds = await loop.run_in_executor(self._executor, self._timed, items)
             except Exception as e:  # a failed pass fails its requests, not the loop
                 log.exception("backbone %s failed on a batch of %d items", self.name, len(items))
+                self._inflight = []
                 for chunk in batch:
                     if not chunk.future.done():
                         chunk.future.set_exception(e)
                 continue
-            if self._on_batch is not None:
-                self._on_batch(len(items), seconds, [started - chunk.queued_at for chunk in batch])
             offset = 0
             for chunk in batch:
                 n = len(chunk.items)
                 if not chunk.future.done():
                     chunk.future.set_result(result[offset : offset + n])
                 offset += n
+            self._inflight = []
+            if self._on_batch is not None:
+                try:
+                    self._on_batch(len(items), seconds, [started - chunk.queued_at for chunk in batch])
+                except Exception:  # metrics must never stop serving
+                    log.exception("batcher %s: reporting a batch failed", self.name)
 
     def _timed(self, items: list[T]) -> tuple[Sequence[R], float, float]:
         """The pass, when it started (after any turn-taking) and how long it ran."""
@@ -129,6 +173,7 @@ class MicroBatcher(Generic[T, R]):
         while True:
             while self._pending and size + len(self._pending[0].items) <= self.max_size:
                 chunk = self._pending.popleft()
+                self._queued_items -= len(chunk.items)
                 if chunk.future.done():  # cancelled while queued
                     continue
                 batch.append(chunk)

@@ -148,6 +148,7 @@ class Inference:
             on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
                 name, n, sec, waits, self.settings.batch_max_size),
             executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
+            max_queued=self.settings.max_queued_items,
         )
         gate = backbone.int8 or {}
         recipe = gate.get("recipe") or ""

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_000_000, ge=1, description="width x height of one image, checked before decoding")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
+    max_queued_items: int = Field(
+        4096, ge=1, description="items waiting for one backbone beyond which requests get 503 with Retry-After"
+    )
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=int(self.max_image_mb * 1024 * 1024), max_pixels=self.max_image_pixels)

@@ -157,3 +157,66 @@ def test_batchers_sharing_a_lane_take_turns():
     assert names.count("text") == names.count("image") == 10
     switches = sum(a != b for a, b in zip(names, names[1:]))
     assert switches >= 15, names  # alternating, not one backbone's queue drained first
+
+
+def test_a_dead_loop_fails_its_requests_with_503_and_restarts():
+    """on_batch raising used to kill the loop: every later request hung for ever."""
+    from service.errors import Unavailable
+
+    reports = []
+
+    def on_batch(n, seconds, waits):
+        reports.append(n)
+        if len(reports) == 1:
+            raise RuntimeError("metrics backend broke")
+
+    async def main():
+        b = MicroBatcher("t", lambda items: [i * 2 for i in items], max_size=8, max_wait_s=0.001, on_batch=on_batch)
+        first = await asyncio.wait_for(b.submit([1, 2]), 5)  # served, even though reporting failed
+        second = await asyncio.wait_for(b.submit([3]), 5)  # the loop still runs
+        await b.close()
+        return first, second
+
+    assert asyncio.run(main()) == ([2, 4], [6])
+
+    async def dying():
+        b = MicroBatcher("t", lambda items: items, max_size=8, max_wait_s=0.001)
+
+        async def broken_collect():
+            raise RuntimeError("a bug in the loop")
+
+        b._collect = broken_collect  # type: ignore[method-assign]
+        with pytest.raises(Unavailable, match="internal error"):
+            await asyncio.wait_for(b.submit([1]), 5)
+        assert b.restarts == 1
+        del b._collect  # the bug is gone: the next request gets a new loop
+        assert await asyncio.wait_for(b.submit([7]), 5) == [7]
+        await b.close()
+
+    asyncio.run(dying())
+
+
+def test_a_full_queue_answers_503_with_retry_after_at_once():
+    from service.errors import Unavailable
+
+    release = threading.Event()
+
+    def slow(items):
+        release.wait(5)
+        return items
+
+    async def main():
+        b = MicroBatcher("t", slow, max_size=4, max_wait_s=0.0, max_queued=8)
+        running = asyncio.create_task(b.submit([0, 1, 2, 3]))  # taken by the loop
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(b.submit(list(range(8))))  # fills the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(Unavailable) as refused:
+            await b.submit([9])
+        assert refused.value.headers["Retry-After"] == "1" and refused.value.status == 503
+        release.set()
+        assert len(await queued) == 8 and len(await running) == 4
+        assert await b.submit([9]) == [9]  # room again
+        await b.close()
+
+    asyncio.run(main())
