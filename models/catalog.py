@@ -143,3 +143,15 @@ def _spec_from_dir(id_: str, path: Path, *, kind: str) -> BackboneSpec:
     return BackboneSpec(
         id=id_, kind=kind, path=path, max_tokens=max_tokens, pooling=pooling,
     )
+
+
+def configured_name(backbone_id: str, names: list[str]) -> str | None:
+    """Which of the configured backbone names (catalog ids or local paths, as in
+    GRAFT_BACKBONES) has this id: what a job or an adapter records is the id, never a path."""
+    for name in names:
+        try:
+            if resolve_spec(name).id == backbone_id:
+                return name
+        except (ValueError, OSError):  # unknown or unreadable: not this one
+            continue
+    return None

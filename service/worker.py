@@ -18,6 +18,7 @@ from adapters.pipeline import train_version
 from adapters.registry import AdapterDeleted, NotFoundError, Registry, default_url
 from adapters.training import Cancelled
 from models import Backbone, load_backbone
+from models.catalog import configured_name
 from service import metrics
 from service.settings import Settings
 from service.worker_pool import prepare_worker_process
@@ -109,17 +110,24 @@ class Worker:
             raise TrainingError("adapter_deleted", str(e)) from e
         log.info("job %s: version %d (%s)", job.id, version, outcome.reason)
 
-    def _backbone(self, name: str) -> Backbone:
-        if name not in self._backbones:
+    def _backbone(self, backbone_id: str) -> Backbone:
+        """The job's backbone, by its id, resolved through this trainer's GRAFT_BACKBONES as the
+        server resolves it (a local directory's id is its base name, not a path)."""
+        if backbone_id not in self._backbones:
             s = self.settings
+            name = configured_name(backbone_id, s.backbones)
+            if name is None:
+                raise TrainingError("backbone_unavailable",
+                                    f"backbone {backbone_id!r} is not in the trainer's GRAFT_BACKBONES")
             try:
-                self._backbones[name] = load_backbone(name, s.home, precision=s.precision, provider=s.provider,
-                                                      intra_op_threads=s.train_threads, image_limits=s.image_limits())
+                self._backbones[backbone_id] = load_backbone(
+                    name, s.home, precision=s.precision, provider=s.provider,
+                    intra_op_threads=s.train_threads, image_limits=s.image_limits())
             except Exception as e:
                 log.exception("backbone %s cannot be loaded", name)
                 raise TrainingError("backbone_unavailable",
-                                    f"backbone {name!r} cannot be loaded on the trainer; see its log") from e
-        return self._backbones[name]
+                                    f"backbone {backbone_id!r} cannot be loaded on the trainer; see its log") from e
+        return self._backbones[backbone_id]
 
     def _active(self, tenant: str, adapter: str, backbone: Backbone) -> Adapter | None:
         try:

@@ -107,3 +107,26 @@ def test_an_unexpected_grpc_failure_is_internal_in_metrics_and_to_the_caller(exc
         asyncio.run(Servicer().Broken(None, context))
     assert context.aborted[0] == grpc.StatusCode.INTERNAL and "a bug" not in context.aborted[1]
     assert seen == [("Broken", "INTERNAL")]
+
+
+def test_a_job_on_a_backbone_given_as_a_local_directory_trains(minilm_spec, graft_home, tmp_path):
+    """The server names a directory backbone by its base name; the trainer must find it through
+    its own GRAFT_BACKBONES, not take the name for a path (it used to fail every such job)."""
+    from tests.integration.data import split
+
+    train, _ = split()
+    directory = str(minilm_spec.path)  # a local Hugging Face directory; its id is "model"
+    worker = Worker(Settings(home=graft_home, database_url=f"sqlite:///{tmp_path}/r.db",
+                             backbones=[directory], job_lease_s=30))
+    worker.registry.create_tenant("acme")
+    job = worker.queue.submit("acme", "local", minilm_spec.path.name, train, {"epochs": 5}, max_queued=10)
+    worker.run(worker.queue.claim(worker.id))
+    done = worker.queue.get(job.id)
+    assert done.status == "succeeded", (done.error_code, done.error_message)
+    assert worker.registry.active("acme", "local")[0].version == 1
+    # A backbone the trainer is not configured with fails the job with a clear code.
+    other = worker.queue.submit("acme", "x", "not-configured", train, {}, max_queued=10)
+    worker.run(worker.queue.claim(worker.id))
+    failed = worker.queue.get(other.id)
+    assert failed.status == "failed" and failed.error_code == "backbone_unavailable"
+    worker.registry.close()
