@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text, func, select, update
+from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text, func, select, text, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.format import AdapterConfig
@@ -141,6 +141,7 @@ class JobQueue:
     def submit(self, tenant: str, adapter: str, backbone: str, examples: list[dict[str, str]],
                params: dict[str, Any], *, max_queued: int, max_per_tenant: int | None = None) -> Job:
         with self.session.begin() as s:
+            Registry.lock_writers(s)  # count and insert as one: concurrent submits cannot both fit
             Registry.require_tenant(s, tenant)
             queued = s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == "queued"))
             if queued >= max_queued:
@@ -213,7 +214,7 @@ class JobQueue:
             job_id = s.scalar(candidate)
             if job_id is None:
                 return None
-            now = _now()
+            now = self._db_now(s)
             claimed = s.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status == "queued")
@@ -234,7 +235,7 @@ class JobQueue:
         """Jobs whose worker stopped renewing: retried, or failed after the last attempt."""
         with self.session.begin() as s:
             rows = s.scalars(
-                select(JobRow).where(JobRow.status == "running", JobRow.lease_expires_at < _now())
+                select(JobRow).where(JobRow.status == "running", JobRow.lease_expires_at < self._db_now(s))
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
@@ -257,7 +258,7 @@ class JobQueue:
         """Renew the lease; returns whether cancellation was requested. LeaseLost if not ours."""
         with self.session.begin() as s:
             row = self._owned(s, claim)
-            row.lease_expires_at = _now() + timedelta(seconds=self.lease_s)
+            row.lease_expires_at = self._db_now(s) + timedelta(seconds=self.lease_s)
             if progress is not None:
                 row.progress = progress
             return row.cancel_requested
@@ -343,10 +344,28 @@ class JobQueue:
 
     @staticmethod
     def _owned(s: Session, claim: Claimed) -> JobRow:
-        row = s.scalar(select(JobRow).where(JobRow.id == claim.job.id).with_for_update())
-        if row is None or row.status != "running" or row.lease_owner != claim.owner:
+        """The claimed job's row, write-locked, if the claim still holds: ownership is the
+        WHERE of an UPDATE (atomic on SQLite too, where SELECT ... FOR UPDATE locks nothing)."""
+        taken = s.execute(
+            update(JobRow)
+            .where(JobRow.id == claim.job.id, JobRow.status == "running", JobRow.lease_owner == claim.owner)
+            .values(lease_owner=JobRow.lease_owner)
+        ).rowcount
+        if taken != 1:
             raise LeaseLost(f"job {claim.job.id} is no longer held by {claim.owner}")
+        row = s.get(JobRow, claim.job.id)
+        assert row is not None
+        s.refresh(row)
         return row
+
+    @staticmethod
+    def _db_now(s: Session) -> datetime:
+        """The database's clock (UTC): every worker computes and compares leases with it, so
+        a worker whose own clock is off neither steals nor keeps a lease it should not."""
+        if s.bind.dialect.name == "sqlite":
+            value = s.scalar(text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))
+            return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        return utc(s.scalar(select(func.now())))
 
     @staticmethod
     def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:

@@ -345,6 +345,11 @@ class Registry:
     # -- helpers ---------------------------------------------------------------------
 
     @staticmethod
+    def lock_writers(s: Session) -> None:
+        """Take the writers' lock (the sequence row) without announcing a change."""
+        s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value))
+
+    @staticmethod
     def _bump(s: Session) -> int:
         """Take the writers' lock (the sequence row) and return the new sequence number."""
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))

@@ -177,3 +177,56 @@ def test_job_events_name_no_host_or_process(queue):
     queue.claim("host-a:1234")
     started = [e for e in queue.events(job.id) if e["kind"] == "started"][0]
     assert "host-a" not in str(started) and started["attempt"] == 1
+
+
+def test_leases_follow_the_databases_clock_not_the_workers(queue, monkeypatch):
+    """A worker whose clock runs an hour ahead must not expire (and steal) a fresh lease."""
+    import datetime as dt
+
+    import adapters.jobs as jobs
+
+    job = submit(queue)
+    claim = queue.claim("w1")
+    real_now = jobs._now
+    monkeypatch.setattr(jobs, "_now", lambda: real_now() + dt.timedelta(hours=1))
+    assert queue.claim("skewed") is None  # runs expire() with the skewed clock
+    assert queue.get(job.id).status == "running"
+    assert queue.heartbeat(claim, 0.5) is False  # still ours
+
+
+def test_concurrent_submits_cannot_exceed_the_tenant_quota(queue):
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def submit_one() -> None:
+        q = JobQueue(Registry(queue.registry.url, migrate=False))
+        try:
+            q.submit("acme", "a", "minilm-l6", EXAMPLES, {}, max_queued=100, max_per_tenant=1)
+            outcome = "ok"
+        except QueueFull:
+            outcome = "full"
+        with lock:
+            results.append(outcome)
+        q.registry.close()
+
+    threads = [threading.Thread(target=submit_one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 1 and len(queue.list("acme")) == 1, results
+
+
+def test_a_stale_claim_cannot_finish_a_job_another_worker_holds(queue):
+    job = submit(queue)
+    first = queue.claim("w1")
+    time.sleep(0.6)  # w1's lease expires
+    second = queue.claim("w2")
+    assert second is not None and second.job.id == job.id
+    with pytest.raises(LeaseLost):
+        queue.finish(first, "failed", error_code="x")
+    with pytest.raises(LeaseLost):
+        queue.event(first, "epoch", {})
+    assert queue.get(job.id).status == "running"
+    queue.finish(second, "cancelled")
+    assert queue.get(job.id).status == "cancelled"
