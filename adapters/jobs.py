@@ -189,6 +189,22 @@ class JobQueue:
                 self._event(s, job_id, "cancel_requested", {})
             return _job(row)
 
+    def cancel_for_adapter(self, tenant: str, adapter: str) -> int:
+        """The adapter was deleted: its queued jobs are cancelled (run later, they would create
+        it anew) and its running ones asked to stop. Returns how many."""
+        with self.session.begin() as s:
+            rows = s.scalars(select(JobRow).where(
+                JobRow.tenant_id == tenant, JobRow.adapter == adapter, JobRow.status.in_(("queued", "running"))
+            ).with_for_update()).all()
+            for row in rows:
+                if row.status == "queued":
+                    row.status, row.finished_at = "cancelled", _now()
+                    self._event(s, row.id, "cancelled", {"by": "adapter_deleted"})
+                else:
+                    row.cancel_requested = True
+                    self._event(s, row.id, "cancel_requested", {"by": "adapter_deleted"})
+            return len(rows)
+
     def counts(self) -> dict[str, int]:
         """Jobs per status, across every replica sharing the registry."""
         with self.session() as s:

@@ -24,8 +24,8 @@ class Engine:
         self.registry = registry or Registry(settings.database_url or default_url(settings.home))
         self.inference = Inference(settings, self.registry)
         self.tenancy = Tenancy(settings, self.registry)
-        self.versions = Versions(settings, self.registry, self.inference)
         self.jobs = Jobs(settings, self.registry, self.inference)
+        self.versions = Versions(settings, self.registry, self.inference, self.jobs.queue)
 
     @property
     def ready(self) -> bool:

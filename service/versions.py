@@ -11,6 +11,7 @@ import numpy as np
 
 from adapters import format as adapter_format
 from adapters import zero_shot
+from adapters.jobs import JobQueue
 from adapters.registry import AdapterInfo, Registry, VersionInfo
 from service.errors import InvalidInput, NotFound
 from service.inference import Inference, Work
@@ -18,11 +19,12 @@ from service.settings import Settings
 
 
 class Versions:
-    def __init__(self, settings: Settings, registry: Registry, inference: Inference) -> None:
+    def __init__(self, settings: Settings, registry: Registry, inference: Inference, jobs: JobQueue) -> None:
         self.settings = settings
         self.registry = registry
         self.inference = inference
         self.cache = inference.cache
+        self.jobs = jobs
 
     async def create_zero_shot(
         self, tenant: str, adapter: str, labels: list[str],
@@ -66,5 +68,7 @@ class Versions:
         return v
 
     async def delete_adapter(self, tenant: str, adapter: str) -> None:
+        """Gone from every replica within a poll; its queued and running jobs are cancelled."""
         await asyncio.to_thread(self.registry.delete_adapter, tenant, adapter)
+        await asyncio.to_thread(self.jobs.cancel_for_adapter, tenant, adapter)
         await self.cache.refresh()

@@ -86,3 +86,32 @@ def test_a_fresh_home_is_created_private(tmp_path):
     home = tmp_path / "not" / "yet"
     Registry(default_url(home)).close()
     assert (home / "registry.db").is_file() and stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_deleting_an_adapter_cancels_its_jobs(graft_home, tmp_path):
+    """A queued job of a deleted adapter would otherwise create it anew when it runs."""
+    import numpy as np
+
+    from adapters import zero_shot
+    from adapters.format import encode
+
+    examples = [{"text": t, "label": l} for t, l in [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")]]
+
+    async def main():
+        engine = make(graft_home, tmp_path, backbones=["minilm-l6"])
+        engine.registry.create_tenant("acme")
+        config, tensors = zero_shot.build("minilm-l6", "f" * 32, ["x", "y"], np.eye(2, 384, dtype=np.float32))
+        engine.registry.create_adapter("acme", "doomed", *encode(config, tensors))
+        queue = engine.jobs.queue
+        running = queue.submit("acme", "doomed", "minilm-l6", examples, {}, max_queued=10)
+        claim = queue.claim("w1")
+        queued = queue.submit("acme", "doomed", "minilm-l6", examples, {}, max_queued=10)
+        other = queue.submit("acme", "kept", "minilm-l6", examples, {}, max_queued=10)
+        await engine.versions.delete_adapter("acme", "doomed")
+        assert queue.get(queued.id).status == "cancelled"
+        assert queue.heartbeat(claim) is True  # the running job is asked to stop
+        assert queue.get(other.id).status == "queued"
+        assert running.id == claim.job.id
+        await engine.close()
+
+    asyncio.run(main())
