@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import socket
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -386,40 +385,6 @@ class JobQueue:
     @staticmethod
     def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
         s.add(JobEventRow(job_id=job_id, kind=kind, data=data))
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews the job's lease while the pipeline computes, and is its reporter: events go to
-    the job, progress rides on the next heartbeat, a cancel request is noticed there."""
-
-    def __init__(self, queue: JobQueue, claim: Claimed, every_s: float) -> None:
-        super().__init__(daemon=True, name=f"heartbeat-{claim.job.id[:8]}")
-        self.queue, self.claim, self.every_s = queue, claim, every_s
-        self._progress = 0.0
-        self.cancel_requested = False
-        self._stop = threading.Event()
-
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.queue.event(self.claim, kind, data)
-
-    def progress(self, fraction: float) -> None:
-        self._progress = fraction
-
-    def cancelled(self) -> bool:
-        return self.cancel_requested
-
-    def run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.cancel_requested = self.queue.heartbeat(self.claim, self._progress)
-            except LeaseLost:
-                self.cancel_requested = True
-                return
-            except Exception:  # a blip of the database: the lease outlives a few missed beats
-                log.warning("heartbeat failed; will retry", exc_info=True)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 class QueueFull(QuotaExceeded):

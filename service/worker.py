@@ -13,7 +13,8 @@ import threading
 import time
 
 from adapters.format import Adapter, AdapterFormatError, decode
-from adapters.jobs import Claimed, JobQueue, LeaseKeeper, LeaseLost, worker_id
+from adapters.jobs import Claimed, JobQueue, LeaseLost, worker_id
+from adapters.lease import LeaseKeeper
 from adapters.pipeline import train_version
 from adapters.registry import AdapterDeleted, NotFoundError, Registry, default_url
 from adapters.training import Cancelled
