@@ -159,6 +159,12 @@ class AdapterCache:
         return adapter
 
     def _verify(self, stored: StoredVersion) -> Adapter:
+        if stored.authentic is False:
+            log.error("adapter %s/%s v%d refused: its signature does not verify (rewritten outside Graft, "
+                      "or signed under another GRAFT_SIGNING_KEY)", stored.tenant, stored.adapter, stored.version)
+            self.events.on_failure("signature")
+            raise AdapterFormatError(f"version {stored.version} of adapter {stored.adapter!r} is not signed by "
+                                     "this deployment's GRAFT_SIGNING_KEY")
         config = AdapterConfig.from_json(stored.config)
         ref = self._backbones(config.backbone)
         if ref is None:

@@ -9,20 +9,20 @@ replicas need no shared filesystem.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
     JSON, BigInteger, DateTime, ForeignKey, ForeignKeyConstraint, Integer, LargeBinary, String, Text,
-    create_engine, delete, event, func, select, update,
+    delete, func, select, update,
 )
-from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from adapters.database import default_url, make_engine, normalise_url  # noqa: F401 (re-exported)
 from adapters.format import AdapterConfig
+from adapters.signing import sign
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,9 @@ class VersionRow(Base):
     config: Mapped[str] = mapped_column(Text)
     weights: Mapped[bytes] = mapped_column(LargeBinary)
     sha256: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA256 under the server's signing key: the checksum beside the bytes catches
+    # corruption; this catches a row rewritten by someone with database access.
+    signature: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -130,6 +133,7 @@ class StoredVersion:
     version: int
     config: bytes
     weights: bytes
+    authentic: bool | None = None  # the signature verified (None: this registry has no key)
 
 
 @dataclass(frozen=True)
@@ -142,40 +146,12 @@ class Change:
     seq: int
 
 
-def normalise_url(url: str) -> str:
-    """postgresql://… uses psycopg 3; sqlite URLs are taken as they are."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def default_url(home: Path) -> str:
-    return f"sqlite:///{Path(home).resolve() / 'registry.db'}"
-
-
-def make_engine(url: str) -> Engine:
-    url = normalise_url(url)
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:":  # a fresh GRAFT_HOME: create it, private
-            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-
-
 class Registry:
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, signing_key: bytes | None = None) -> None:
+        """`signing_key`: versions written here are signed with it and versions read are
+        checked against it (the service and its trainers always pass one)."""
         self.url = normalise_url(url)
+        self._signing_key = signing_key
         self.engine = make_engine(self.url)
         if migrate:
             from adapters.migrations import upgrade
@@ -394,16 +370,35 @@ class Registry:
         row.active_version = version
         row.seq = seq
 
-    @staticmethod
-    def _version_row(tenant: str, adapter: str, version: int, config: AdapterConfig, weights: bytes) -> VersionRow:
+    def _version_row(self, tenant: str, adapter: str, version: int, config: AdapterConfig,
+                     weights: bytes) -> VersionRow:
+        text = config.to_json().decode()
         return VersionRow(
-            tenant_id=tenant, adapter=adapter, version=version,
-            config=config.to_json().decode(), weights=weights, sha256=config.weights_sha256,
+            tenant_id=tenant, adapter=adapter, version=version, config=text, weights=weights,
+            sha256=config.weights_sha256, signature=self._sign(tenant, adapter, version, text.encode(), weights),
         )
+
+    def _sign(self, tenant: str, adapter: str, version: int, config: bytes, weights: bytes) -> str | None:
+        return None if self._signing_key is None else sign(self._signing_key, tenant, adapter, version, config, weights)
 
     def _stored(self, s: Session, tenant: str, adapter: str, version: int) -> StoredVersion:
         self._adapter(s, tenant, adapter)
         row = s.get(VersionRow, (tenant, adapter, version))
         if row is None:
             raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
-        return StoredVersion(tenant, adapter, version, row.config.encode(), bytes(row.weights))
+        config, weights = row.config.encode(), bytes(row.weights)
+        expected = self._sign(tenant, adapter, version, config, weights)
+        authentic = None if expected is None else hmac.compare_digest(row.signature or "", expected)
+        return StoredVersion(tenant, adapter, version, config, weights, authentic)
+
+    def sign_unsigned(self) -> int:
+        """Sign the versions written before signing existed (an operator's one-off, for a
+        database they trust: `python -m service.cli sign-versions`). Returns how many."""
+        if self._signing_key is None:
+            raise ValueError("this registry has no signing key")
+        with self.session.begin() as s:
+            rows = s.scalars(select(VersionRow).where(VersionRow.signature.is_(None))).all()
+            for row in rows:
+                row.signature = self._sign(row.tenant_id, row.adapter, row.version, row.config.encode(),
+                                           bytes(row.weights))
+            return len(rows)

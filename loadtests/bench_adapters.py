@@ -51,7 +51,7 @@ def main() -> None:
     from models.catalog import resolve_spec
     from models.int8 import choose_int8
     from service.settings import Settings
-    from tests.integration.server import Server
+    from tests.integration.server import SIGNING_KEY, Server
 
     settings = Settings()
     texts = [t for t, _ in rotten_tomatoes(4096)]
@@ -67,7 +67,7 @@ def main() -> None:
             word_vectors = dict(zip(WORDS, np.array(client.post("/v1/embed", json={"inputs": WORDS}).json()["embeddings"])))
 
             # Register the adapters as the trainer would: straight into the registry.
-            registry = Registry(db, migrate=False)
+            registry = Registry(db, migrate=False, signing_key=SIGNING_KEY.encode())  # the server's key
             tenants = [f"tenant-{i:05d}" for i in range(args.adapters)]
             started = time.perf_counter()
             sizes = []

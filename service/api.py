@@ -13,7 +13,7 @@ import bentoml
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.auth import check_admin_key
+from service.auth import check_secret
 from service.engine import Engine
 from service.grpc_server import GrpcServer
 from service.http import app
@@ -21,8 +21,10 @@ from service.settings import get_settings
 from service.worker_pool import WorkerPool
 
 settings = get_settings()
-if settings.admin_key:  # refuse a guessable key before BentoML starts any worker (it exits)
-    check_admin_key(settings.admin_key, "GRAFT_ADMIN_KEY")
+# Refuse a guessable secret before BentoML starts any worker (the process exits).
+for _value, _setting in ((settings.admin_key, "GRAFT_ADMIN_KEY"), (settings.signing_key, "GRAFT_SIGNING_KEY")):
+    if _value:
+        check_secret(_value, _setting)
 
 
 def _route_logs_through_bentoml() -> None:

@@ -48,42 +48,53 @@ class Principal:
 ADMIN = Principal(None)
 
 
-MIN_ADMIN_KEY_CHARS = 32
+MIN_SECRET_CHARS = 32
 
 
 def load_admin_key(settings: Settings) -> str:
-    """GRAFT_ADMIN_KEY, or a key generated on first start into GRAFT_HOME/admin.key (0600).
+    """GRAFT_ADMIN_KEY, or a key generated on first start into GRAFT_HOME/admin.key (0600)."""
+    return load_secret(settings.admin_key, Path(settings.home) / "admin.key", "GRAFT_ADMIN_KEY", "an admin key")
 
-    The generated key is written to a temporary file and linked into place, so a second
-    worker never reads a half-written (empty) file. A key shorter than 32 characters, from
-    either source, is refused: the process must not serve with a guessable admin key.
+
+def load_signing_key(settings: Settings) -> bytes:
+    """GRAFT_SIGNING_KEY, or a key generated on first start into GRAFT_HOME/signing.key (0600).
+    Several replicas must share one: set GRAFT_SIGNING_KEY on each (and on the trainers)."""
+    return load_secret(settings.signing_key, Path(settings.home) / "signing.key", "GRAFT_SIGNING_KEY",
+                       "a signing key").encode()
+
+
+def load_secret(value: str | None, path: Path, setting: str, what: str) -> str:
+    """The setting, or a secret generated on first start into `path` (0600).
+
+    The generated secret is written to a temporary file and linked into place, so a second
+    worker never reads a half-written (empty) file. One shorter than 32 characters, from
+    either source, is refused: the process must not run with a guessable secret.
     """
-    if settings.admin_key:
-        return check_admin_key(settings.admin_key, "GRAFT_ADMIN_KEY")
-    path = Path(settings.home) / "admin.key"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if value:
+        return check_secret(value, setting)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not path.exists():
-        tmp = path.with_name(f".admin.key.{os.getpid()}.{secrets.token_hex(4)}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32) + "\n")
-            os.link(tmp, path)  # atomic, and never replaces a key another process wrote first
-            log.warning("generated an admin key into %s (mode 0600); set GRAFT_ADMIN_KEY to choose your own",
-                        path.resolve())
+            os.link(tmp, path)  # atomic, and never replaces a secret another process wrote first
+            log.warning("generated %s into %s (mode 0600); set %s to choose your own", what, path.resolve(), setting)
         except FileExistsError:
             pass
         finally:
             tmp.unlink(missing_ok=True)
-    return check_admin_key(path.read_text(), str(path))
+    return check_secret(path.read_text(), str(path))
 
 
-def check_admin_key(key: str, source: str) -> str:
+def check_secret(key: str, source: str) -> str:
+    """The key stripped, or a clear error if it is shorter than 32 characters."""
     key = key.strip()
-    if len(key) < MIN_ADMIN_KEY_CHARS:
+    if len(key) < MIN_SECRET_CHARS:
         raise ValueError(
-            f"the admin key from {source} has {len(key)} characters; use at least {MIN_ADMIN_KEY_CHARS} "
-            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset GRAFT_ADMIN_KEY "
+            f"the key from {source} has {len(key)} characters; use at least {MIN_SECRET_CHARS} "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or unset the setting "
             "and remove the file to have one generated"
         )
     return key

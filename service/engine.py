@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.registry import Registry, default_url
+from service.auth import load_signing_key
 from service.inference import Inference
 from service.jobs import Jobs
 from service.settings import Settings
@@ -21,7 +22,8 @@ from service.versions import Versions
 class Engine:
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
-        self.registry = registry or Registry(settings.database_url or default_url(settings.home))
+        self.registry = registry or Registry(settings.database_url or default_url(settings.home),
+                                             signing_key=load_signing_key(settings))
         self.inference = Inference(settings, self.registry)
         self.tenancy = Tenancy(settings, self.registry)
         self.jobs = Jobs(settings, self.registry, self.inference)

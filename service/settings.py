@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     promote_margin: float = Field(0.01, ge=0, description="macro-F1 a new version must gain to be promoted")
 
     admin_key: str | None = Field(None, description="admin key; unset: generated into GRAFT_HOME/admin.key")
+    signing_key: str | None = Field(
+        None, description="HMAC key that signs adapter versions (shared by every replica and trainer); "
+                          "unset: generated into GRAFT_HOME/signing.key")
     key_cache_s: float = Field(5.0, ge=0, description="how long a verified tenant key is trusted without a lookup")
     rate_limit_rps: float = Field(50.0, ge=0, description="inference requests/s per tenant and replica; 0 = off")
     rate_limit_burst: float = Field(100.0, ge=1)

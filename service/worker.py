@@ -21,6 +21,7 @@ from adapters.training import Cancelled
 from models import Backbone, load_backbone
 from models.catalog import configured_name
 from service import metrics
+from service.auth import load_signing_key
 from service.settings import Settings
 from service.worker_pool import prepare_worker_process
 
@@ -36,7 +37,8 @@ class TrainingError(Exception):
 class Worker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.registry = Registry(settings.database_url or default_url(settings.home))
+        self.registry = Registry(settings.database_url or default_url(settings.home),
+                                 signing_key=load_signing_key(settings))
         self.queue = JobQueue(self.registry, lease_s=settings.job_lease_s, max_attempts=settings.job_max_attempts)
         self.id = worker_id()
         self._backbones: dict[str, Backbone] = {}

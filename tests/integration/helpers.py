@@ -9,6 +9,7 @@ import numpy as np
 from adapters import zero_shot
 from adapters.format import encode
 from adapters.registry import Registry
+from tests.integration.server import SIGNING_KEY
 
 
 def add_zero_shot_version(client: httpx.Client, registry_url: str, tenant: str, adapter: str,
@@ -17,7 +18,7 @@ def add_zero_shot_version(client: httpx.Client, registry_url: str, tenant: str, 
     vectors = np.array(client.post("/v1/embed", json={"inputs": texts}).json()["embeddings"], dtype=np.float32)
     ready = client.get("/readyz").json()["backbones"][0]
     config, tensors = zero_shot.build(ready["id"], ready["fingerprint"], labels, vectors)
-    registry = Registry(registry_url, migrate=False)
+    registry = Registry(registry_url, migrate=False, signing_key=SIGNING_KEY.encode())  # as the server signs
     try:
         return registry.add_version(tenant, adapter, *encode(config, tensors), activate=activate)
     finally:

@@ -14,6 +14,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "graft-test-admin-key-of-forty-characters-x"
+SIGNING_KEY = "graft-test-signing-key-of-forty-characters"
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -58,6 +59,7 @@ class Server:
             "GRAFT_GRPC_PORT": str(self.grpc_port),
             "GRAFT_HOST": "127.0.0.1",
             "GRAFT_ADMIN_KEY": ADMIN_KEY,
+            "GRAFT_SIGNING_KEY": SIGNING_KEY,
             # BentoML keeps Prometheus' multiprocess files under BENTOML_HOME and clears
             # them when a server stops: each server of the tests gets its own.
             "BENTOML_HOME": str(log_path.parent / f"bentoml-{self.port}"),

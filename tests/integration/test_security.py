@@ -11,6 +11,7 @@ import time
 import uuid
 
 import grpc
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, update
 
@@ -164,6 +165,31 @@ def test_tampered_version_is_refused_and_the_previous_keeps_serving(server, admi
     assert failures and float(failures[0].split()[-1]) >= 1
 
 
+def test_a_consistently_forged_version_is_refused(server, admin):
+    """Someone with database access rewrites a version's weights and its checksum together:
+    the checksum agrees, the signature (keyed by GRAFT_SIGNING_KEY, never in the database)
+    does not, so the version is refused and the previous one keeps serving."""
+    from adapters import zero_shot
+    from adapters.format import encode
+
+    tenant, key = make_tenant(admin)
+    admin.post("/v1/adapters", json={"tenant": tenant, "adapter": "f", "labels": ["yes", "no"]})
+    v2 = add_zero_shot_version(admin, server.database_url, tenant, "f", ["up", "down"], ["up", "down"])
+    ready = admin.get("/readyz").json()["backbones"][0]
+    forged_config, forged_weights = encode(*zero_shot.build(
+        ready["id"], ready["fingerprint"], ["up", "down"], np.eye(2, ready["dim"], dtype=np.float32)))
+    engine = create_engine(normalise_url(server.database_url))
+    with engine.begin() as c:
+        c.execute(update(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.version == v2).values(
+            config=forged_config.to_json().decode(), weights=forged_weights, sha256=forged_config.weights_sha256))
+    engine.dispose()
+    with server.client(key) as c:
+        assert c.post(f"/v1/tenants/{tenant}/adapters/f/promote", json={"version": v2}).status_code == 200
+        for _ in range(3):
+            r = c.post("/v1/predict", json={"tenant": tenant, "adapter": "f", "inputs": ["x"]})
+            assert r.status_code == 200 and r.json()["version"] == 1
+
+
 def test_limits(graft_home, tmp_path):
     """Rate limit (429 + Retry-After), adapters per tenant, jobs per tenant, body size."""
     srv = Server(graft_home, tmp_path / "s.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
@@ -212,11 +238,14 @@ def test_generated_admin_key_is_private_and_not_logged(graft_home, tmp_path):
     srv = Server(home, tmp_path / "s.log", GRAFT_ADMIN_KEY="", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
                  GRAFT_TRAIN_WORKERS="0")
     srv.env.pop("GRAFT_ADMIN_KEY")
+    srv.env.pop("GRAFT_SIGNING_KEY")
     srv.start()
     try:
         path = home / "admin.key"
         key = path.read_text().strip()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        signing = home / "signing.key"
+        assert stat.S_IMODE(signing.stat().st_mode) == 0o600 and len(signing.read_text().strip()) >= 32
         log = srv.log_path.read_text()
         assert str(path) in log and key not in log
         assert srv.client(key).post("/v1/tenants", json={"tenant": "by-generated-key"}).status_code == 201

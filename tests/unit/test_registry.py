@@ -8,7 +8,7 @@ import pytest
 
 from adapters import zero_shot
 from adapters.format import encode
-from adapters.registry import ConflictError, NotFoundError, Registry
+from adapters.registry import ConflictError, NotFoundError, Registry, VersionRow
 
 
 def version(labels=("a", "b"), seed: int = 0):
@@ -124,3 +124,41 @@ def test_an_adapters_backbone_is_its_active_versions(registry):
     assert backbone() == "other-backbone"
     registry.rollback("acme", "mixed")
     assert backbone() == "minilm-l6"
+
+
+def test_versions_are_signed_and_a_rewritten_row_does_not_verify(registry_url):
+    """The SHA-256 beside the bytes is integrity; the HMAC under the server's key is
+    authenticity: someone with database access who rewrites bytes and checksum alike, or
+    copies a row elsewhere, is caught."""
+    from sqlalchemy import update
+
+    from adapters.format import AdapterConfig
+
+    key = b"k" * 40
+    signed = Registry(registry_url, signing_key=key)
+    signed.create_tenant("acme")
+    signed.create_adapter("acme", "a", *version())
+    assert signed.active("acme", "a")[0].authentic is True
+    assert Registry(registry_url, migrate=False).active("acme", "a")[0].authentic is None  # no key: unchecked
+
+    forged_config, forged_weights = version(seed=9)  # a consistent forgery: checksum matches the bytes
+    with signed.engine.begin() as c:
+        c.execute(update(VersionRow).where(VersionRow.tenant_id == "acme", VersionRow.version == 1).values(
+            config=forged_config.to_json().decode(), weights=forged_weights, sha256=forged_config.weights_sha256))
+    stored = signed.active("acme", "a")[0]
+    assert AdapterConfig.from_json(stored.config).weights_sha256 == forged_config.weights_sha256
+    assert stored.authentic is False
+    assert Registry(registry_url, migrate=False, signing_key=b"other-key" * 5).get_version("acme", "a", 1).authentic is False
+    signed.close()
+
+
+def test_legacy_unsigned_versions_are_signed_once_by_the_operator(registry_url):
+    legacy = Registry(registry_url)  # written before signing existed
+    legacy.create_tenant("acme")
+    legacy.create_adapter("acme", "a", *version())
+    signed = Registry(registry_url, migrate=False, signing_key=b"k" * 40)
+    assert signed.active("acme", "a")[0].authentic is False  # refused until signed
+    assert signed.sign_unsigned() == 1 and signed.sign_unsigned() == 0
+    assert signed.active("acme", "a")[0].authentic is True
+    legacy.close()
+    signed.close()
