@@ -27,14 +27,14 @@ TICKETS = [("I was charged twice", "billing"), ("refund my payment", "billing"),
 
 
 def rehearse(database_url: str, home: Path, logs: Path, load_seconds: float = 6.0) -> dict[str, float]:
-    from tests.integration.server import Server
+    from tests.integration.server import SIGNING_KEY, Server
 
     env = dict(GRAFT_DATABASE_URL=database_url, GRAFT_TRAIN_WORKERS="0", GRAFT_RATE_LIMIT_RPS="0")
     replicas = [Server(home, logs / f"api{i}.log", **env) for i in (1, 2)]
     trainer = subprocess.Popen(
         [sys.executable, "-m", "service.worker"], cwd=ROOT,
         env={**os.environ, "GRAFT_HOME": str(home), "GRAFT_DATABASE_URL": database_url, "GRAFT_JOB_POLL_MS": "100",
-             "GRAFT_TRAIN_METRICS_PORT": "0"},
+             "GRAFT_TRAIN_METRICS_PORT": "0", "GRAFT_SIGNING_KEY": SIGNING_KEY},  # one key for every process
         stdout=(logs / "trainer.log").open("wb"), stderr=subprocess.STDOUT,
     )
     try:

@@ -23,7 +23,8 @@ def test_bentoml_build(tmp_path, bentofile, runtime):
     assert manifest["service"] == "service.api:Graft"
     src = bento.parent / "src"
     for module in ("service/api.py", "service/worker.py", "models/export.py", "adapters/registry.py",
-                   "adapters/migrations/versions/0001_registry.py", "service/proto/graft/v1/graft_pb2.py"):
+                   "adapters/migrations/versions/0001_registry.py", "service/proto/graft/v1/graft_pb2.py",
+                   "models/calibration/texts.json", "models/calibration/photos/chelsea.jpg"):
         assert (src / module).is_file(), module
     assert not (src / "tests").exists() and not (src / ".graft").exists()
     requirements = (bento.parent / "env/python/requirements.txt").read_text()
