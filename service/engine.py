@@ -57,4 +57,5 @@ class Engine:
 
     async def close(self) -> None:
         await self.inference.close()
+        await self.tenancy.close()
         self.registry.close()

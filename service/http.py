@@ -149,7 +149,7 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
     """Embed texts or images with a frozen backbone; rows are L2-normalised. Any valid key."""
     body = await parse(EmbedRequest, request)
-    engine().tenancy.admit(who)
+    await engine().tenancy.admit(who, len(body.inputs))
     out = await engine().inference.embed(raw_items(body.inputs), body.backbone)
     return _json({
         "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
@@ -162,7 +162,7 @@ async def predict(request: Request, who: Principal = Depends(caller)) -> Respons
     """Classify items with a tenant's adapter (its active version) on the shared backbone."""
     body = await parse(PredictRequest, request)
     who.authorize(body.tenant)
-    engine().tenancy.admit(who)
+    await engine().tenancy.admit(who, len(body.inputs))
     out = await engine().inference.predict(body.tenant, body.adapter, raw_items(body.inputs), body.top_k)
     return _json({"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
                   "backbone": out.backbone, "predictions": out.predictions})

@@ -54,8 +54,11 @@ class Settings(BaseSettings):
         None, description="HMAC key that signs adapter versions (shared by every replica and trainer); "
                           "unset: generated into GRAFT_HOME/signing.key")
     key_cache_s: float = Field(5.0, ge=0, description="how long a verified tenant key is trusted without a lookup")
-    rate_limit_rps: float = Field(50.0, ge=0, description="inference requests/s per tenant and replica; 0 = off")
-    rate_limit_burst: float = Field(100.0, ge=1)
+    rate_limit_rps: float = Field(
+        500.0, ge=0, description="inference items/s per tenant (a request of n items costs n); 0 = off")
+    rate_limit_burst: float = Field(1000.0, ge=1, description="items a tenant may send at once")
+    redis_url: str | None = Field(
+        None, description="redis://… : rate limits shared by every worker and replica; unset: per worker process")
     max_body_mb: float = Field(4.0, gt=0, description="request body limit (fine-tune uploads: GRAFT_MAX_UPLOAD_MB)")
     max_tenant_jobs: int = Field(4, ge=1, description="queued plus running fine-tune jobs per tenant")
     max_adapters_per_tenant: int = Field(100, ge=1)

@@ -6,7 +6,7 @@ import asyncio
 from adapters.keys import KeyInfo, KeyStore
 from adapters.registry import Registry
 from service.auth import Authenticator, Principal, load_admin_key
-from service.limits import TokenBuckets
+from service.limits import RedisTokenBuckets, TokenBuckets
 from service.settings import Settings
 
 
@@ -15,16 +15,23 @@ class Tenancy:
         self.registry = registry
         self.keys = KeyStore(registry)
         self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s)
-        self.rate = TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
+        self.rate: TokenBuckets | RedisTokenBuckets = (
+            RedisTokenBuckets(settings.redis_url, settings.rate_limit_rps, settings.rate_limit_burst)
+            if settings.redis_url else TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
+        )
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller from `Authorization: Bearer <key>` (HTTP header or gRPC metadata)."""
         return await self.auth.authenticate(authorization)
 
-    def admit(self, principal: Principal) -> None:
-        """The per-tenant rate limit on inference (the admin is not limited)."""
+    async def admit(self, principal: Principal, items: int) -> None:
+        """The per-tenant rate limit on inference, charged by items (the admin is not limited)."""
         if principal.tenant is not None:
-            self.rate.take(principal.tenant)
+            await self.rate.take(principal.tenant, float(items))
+
+    async def close(self) -> None:
+        if isinstance(self.rate, RedisTokenBuckets):
+            await self.rate.close()
 
     async def create_tenant(self, tenant: str) -> str:
         """The tenant and its first key (shown once)."""

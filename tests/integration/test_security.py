@@ -270,3 +270,38 @@ def test_blank_bearer_tokens_are_401(server):
         with server.client(None) as c:
             r = c.post("/v1/embed", json={"inputs": ["x"]}, headers={"authorization": header.encode("latin-1")})
             assert r.status_code == 401 and "empty" in r.text, (header, r.text)
+
+
+def test_rate_limit_holds_per_tenant_across_two_workers_with_redis(graft_home, tmp_path):
+    """GRAFT_WORKERS=2 and GRAFT_REDIS_URL: the tenant's burst is spent once across both
+    worker processes, not once per process; a request is charged its items."""
+    import os
+
+    import redis
+
+    url = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.exceptions.ConnectionError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis unreachable: {e}")
+    srv = Server(graft_home, tmp_path / "s.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
+                 GRAFT_WORKERS="2", GRAFT_REDIS_URL=url, GRAFT_BACKBONES='["minilm-l6"]',
+                 GRAFT_RATE_LIMIT_RPS="0.01", GRAFT_RATE_LIMIT_BURST="6", GRAFT_TRAIN_WORKERS="0").start()
+    try:
+        with srv.client() as admin:
+            tenant = f"rl-{uuid.uuid4().hex[:8]}"
+            key = admin.post("/v1/tenants", json={"tenant": tenant}).json()["api_key"]
+        codes = []
+        for _ in range(30):  # new connections: the kernel spreads them over both workers
+            with srv.client(key) as c:
+                codes.append(c.post("/v1/embed", json={"inputs": ["x"]}).status_code)
+        assert codes.count(200) == 6 and codes.count(429) == 24, codes
+        with srv.client() as admin:  # a request is charged its items: 4 + 4 > 6
+            other = admin.post("/v1/tenants", json={"tenant": f"{tenant}-b"}).json()["api_key"]
+        with srv.client(other) as c:
+            assert c.post("/v1/embed", json={"inputs": ["a"] * 4}).status_code == 200
+            assert c.post("/v1/embed", json={"inputs": ["a"] * 4}).status_code == 429
+    finally:
+        srv.stop()
