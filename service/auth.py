@@ -21,7 +21,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from adapters.keys import KeyStore, hash_key
-from service.errors import NotFound, Unauthenticated
+from service.errors import NotFound, RateLimited, Unauthenticated
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,39 +101,79 @@ def check_secret(key: str, source: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, keys: KeyStore, admin_key: str, *, cache_s: float = 5.0, cache_size: int = 10_000) -> None:
+    """Who is calling. Tenant keys verified against the registry are trusted for `cache_s`;
+    while the registry is unreachable, a key verified within `outage_grace_s` stays good (never
+    indefinitely). Only valid keys enter the cache, so a flood of bad keys cannot push the
+    good ones out; failed attempts are counted per client address, and past
+    `max_failures` in `failure_window_s` that address is refused (429) before any lookup."""
+
+    def __init__(self, keys: KeyStore, admin_key: str, *, cache_s: float = 5.0, cache_size: int = 10_000,
+                 outage_grace_s: float = 300.0, max_failures: int = 20, failure_window_s: float = 60.0) -> None:
         self.keys = keys
         self._admin_hash = hash_key(admin_key)
         self.cache_s = cache_s
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self.outage_grace_s = outage_grace_s
+        self.max_failures = max_failures
+        self.failure_window_s = failure_window_s
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()  # digest -> (tenant, verified at)
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (count, window start)
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
+        """`client`: the caller's address (HTTP peer host, gRPC peer), for failure throttling."""
+        self._check_throttle(client)
         if not authorization or not authorization.lower().startswith("bearer "):
             raise Unauthenticated("send your key as `Authorization: Bearer <key>`")
         key = authorization[7:].strip()
         if not key:  # "Bearer " followed by nothing but (Unicode) whitespace
+            self._failed(client)
             raise Unauthenticated("the key is empty: send `Authorization: Bearer <key>`")
         digest = hash_key(key)
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN
         tenant = await self._tenant_of(key, digest)
         if tenant is None:
-            raise Unauthenticated("the key is not valid (unknown, malformed or revoked)")
+            self._failed(client)
+            raise Unauthenticated("the key is not valid (unknown, malformed, expired or revoked)")
         return Principal(tenant)
+
+    def _check_throttle(self, client: str | None) -> None:
+        if client is None or self.max_failures <= 0:
+            return
+        count, since = self._failures.get(client, (0, 0.0))
+        wait = since + self.failure_window_s - time.monotonic()
+        if count >= self.max_failures and wait > 0:
+            raise RateLimited(f"too many failed authentications from this address; retry in {wait:.0f}s",
+                              headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+    def _failed(self, client: str | None) -> None:
+        if client is None:
+            return
+        now = time.monotonic()
+        count, since = self._failures.get(client, (0, now))
+        if now - since > self.failure_window_s:
+            count, since = 0, now
+        self._failures[client] = (count + 1, since)
+        self._failures.move_to_end(client)
+        while len(self._failures) > self.cache_size:
+            self._failures.popitem(last=False)
 
     async def _tenant_of(self, key: str, digest: str) -> str | None:
         cached = self._cache.get(digest)
         now = time.monotonic()
-        if cached is not None and cached[1] > now:
+        if cached is not None and now - cached[1] < self.cache_s:
             return cached[0]
         try:
             tenant = await asyncio.to_thread(self.keys.verify, key)
         except DBAPIError:
-            if cached is not None:  # the database is away: a key we knew stays good meanwhile
+            # The database is away: a key verified recently stays good for a bounded time.
+            if cached is not None and now - cached[1] < self.outage_grace_s:
                 return cached[0]
             raise
-        self._cache[digest] = (tenant, now + self.cache_s)
+        if tenant is None:
+            self._cache.pop(digest, None)  # revoked meanwhile; never cached itself
+            return None
+        self._cache[digest] = (tenant, now)
         self._cache.move_to_end(digest)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -52,7 +52,8 @@ def rpc(fn: Handler) -> Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable
         started, code = time.perf_counter(), "OK"
         try:
             metadata = {k.lower(): v for k, v in (context.invocation_metadata() or ())}
-            who = await self.engine.tenancy.authenticate(metadata.get("authorization"))
+            peer = context.peer() or ""  # "ipv4:127.0.0.1:54321": the address without the port
+            who = await self.engine.tenancy.authenticate(metadata.get("authorization"), peer.rsplit(":", 1)[0] or None)
             remaining = context.time_remaining()
             try:
                 if remaining is None:

@@ -68,7 +68,8 @@ async def prometheus_metrics() -> Response:
 
 
 async def caller(request: Request) -> Principal:
-    return await engine().tenancy.authenticate(request.headers.get("authorization"))
+    client = request.client.host if request.client else None
+    return await engine().tenancy.authenticate(request.headers.get("authorization"), client)
 
 
 def _json(body: Any, status: int = 200) -> Response:

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         None, description="HMAC key that signs adapter versions (shared by every replica and trainer); "
                           "unset: generated into GRAFT_HOME/signing.key")
     key_cache_s: float = Field(5.0, ge=0, description="how long a verified tenant key is trusted without a lookup")
+    key_outage_grace_s: float = Field(
+        300.0, ge=0, description="while the registry is unreachable, how long a key verified before stays good")
+    auth_max_failures: int = Field(
+        20, ge=0, description="failed authentications per client address per minute before 429; 0 = off")
     rate_limit_rps: float = Field(
         500.0, ge=0, description="inference items/s per tenant (a request of n items costs n); 0 = off")
     rate_limit_burst: float = Field(1000.0, ge=1, description="items a tenant may send at once")

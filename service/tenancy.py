@@ -14,15 +14,18 @@ class Tenancy:
     def __init__(self, settings: Settings, registry: Registry) -> None:
         self.registry = registry
         self.keys = KeyStore(registry)
-        self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s)
+        self.auth = Authenticator(self.keys, load_admin_key(settings), cache_s=settings.key_cache_s,
+                                  outage_grace_s=settings.key_outage_grace_s,
+                                  max_failures=settings.auth_max_failures)
         self.rate: TokenBuckets | RedisTokenBuckets = (
             RedisTokenBuckets(settings.redis_url, settings.rate_limit_rps, settings.rate_limit_burst)
             if settings.redis_url else TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst)
         )
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The caller from `Authorization: Bearer <key>` (HTTP header or gRPC metadata)."""
-        return await self.auth.authenticate(authorization)
+    async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
+        """The caller from `Authorization: Bearer <key>` (HTTP header or gRPC metadata);
+        `client` is its address, for throttling failed attempts."""
+        return await self.auth.authenticate(authorization, client)
 
     async def admit(self, principal: Principal, items: int) -> None:
         """The per-tenant rate limit on inference, charged by items (the admin is not limited)."""

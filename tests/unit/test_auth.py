@@ -62,3 +62,62 @@ def test_an_empty_token_never_authenticates(header):
     with pytest.raises(Unauthenticated, match="empty"):
         asyncio.run(auth.authenticate(header))
     assert asyncio.run(auth.authenticate("Bearer " + "k" * 40)).admin
+
+
+class Keys:
+    """A key store with one good key; `down` makes it fail like an unreachable database."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.lookups = 0
+
+    def verify(self, key: str) -> str | None:
+        from sqlalchemy.exc import OperationalError
+
+        self.lookups += 1
+        if self.down:
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return "acme" if key == "graft_good_key" else None
+
+
+def test_during_an_outage_a_cached_key_stays_good_only_for_the_grace(monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    from service import auth as auth_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(auth_module.time, "monotonic", lambda: clock[0])
+    keys = Keys()
+    auth = Authenticator(keys, "k" * 40, cache_s=5, outage_grace_s=60)  # type: ignore[arg-type]
+    assert asyncio.run(auth.authenticate("Bearer graft_good_key")).tenant == "acme"
+    keys.down = True
+    clock[0] += 30
+    assert asyncio.run(auth.authenticate("Bearer graft_good_key")).tenant == "acme"  # within the grace
+    clock[0] += 40
+    with pytest.raises(OperationalError):  # 70 s after the last verification: not indefinitely
+        asyncio.run(auth.authenticate("Bearer graft_good_key"))
+
+
+def test_bad_keys_cannot_flush_good_ones_from_the_cache():
+    keys = Keys()
+    auth = Authenticator(keys, "k" * 40, cache_s=60, cache_size=4, max_failures=0)  # type: ignore[arg-type]
+    asyncio.run(auth.authenticate("Bearer graft_good_key"))
+    for i in range(50):
+        with pytest.raises(Unauthenticated):
+            asyncio.run(auth.authenticate(f"Bearer graft_bad{i}_x"))
+    before = keys.lookups
+    asyncio.run(auth.authenticate("Bearer graft_good_key"))
+    assert keys.lookups == before  # still cached
+
+
+def test_failed_authentications_are_throttled_per_address():
+    from service.errors import RateLimited
+
+    auth = Authenticator(Keys(), "k" * 40, max_failures=3, failure_window_s=60)  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(Unauthenticated):
+            asyncio.run(auth.authenticate("Bearer graft_bad_x", "10.0.0.9"))
+    with pytest.raises(RateLimited) as refused:
+        asyncio.run(auth.authenticate("Bearer graft_good_key", "10.0.0.9"))
+    assert int(refused.value.headers["Retry-After"]) >= 1
+    assert asyncio.run(auth.authenticate("Bearer graft_good_key", "10.0.0.10")).tenant == "acme"  # others unaffected

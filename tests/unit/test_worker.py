@@ -76,7 +76,7 @@ def test_an_unexpected_grpc_failure_is_internal_in_metrics_and_to_the_caller(exc
     monkeypatch.setattr(grpc_server.metrics, "observe_grpc", lambda method, code, s: seen.append((method, code)))
 
     class Tenancy:
-        async def authenticate(self, header):
+        async def authenticate(self, header, client=None):
             return ADMIN
 
     class Engine:
@@ -87,6 +87,9 @@ def test_an_unexpected_grpc_failure_is_internal_in_metrics_and_to_the_caller(exc
 
         def invocation_metadata(self):
             return ()
+
+        def peer(self):
+            return "ipv4:127.0.0.1:50000"
 
         def time_remaining(self):
             return None
