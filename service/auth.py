@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import secrets
 import time
@@ -116,7 +117,8 @@ class Authenticator:
         self.outage_grace_s = outage_grace_s
         self.max_failures = max_failures
         self.failure_window_s = failure_window_s
-        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()  # digest -> (tenant, verified at)
+        # digest -> (tenant, verified at (monotonic), expires at (epoch seconds) or inf)
+        self._cache: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()  # address -> (count, window start)
 
     async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
@@ -161,19 +163,23 @@ class Authenticator:
     async def _tenant_of(self, key: str, digest: str) -> str | None:
         cached = self._cache.get(digest)
         now = time.monotonic()
+        if cached is not None and time.time() >= cached[2]:  # expired: no cache, no grace
+            self._cache.pop(digest, None)
+            cached = None
         if cached is not None and now - cached[1] < self.cache_s:
             return cached[0]
         try:
-            tenant = await asyncio.to_thread(self.keys.verify, key)
+            live = await asyncio.to_thread(self.keys.verify_until, key)
         except DBAPIError:
             # The database is away: a key verified recently stays good for a bounded time.
             if cached is not None and now - cached[1] < self.outage_grace_s:
                 return cached[0]
             raise
-        if tenant is None:
-            self._cache.pop(digest, None)  # revoked meanwhile; never cached itself
+        if live is None:
+            self._cache.pop(digest, None)  # revoked or expired meanwhile; never cached itself
             return None
-        self._cache[digest] = (tenant, now)
+        tenant, expires = live
+        self._cache[digest] = (tenant, now, expires.timestamp() if expires else math.inf)
         self._cache.move_to_end(digest)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -31,7 +31,7 @@ from service.items import image_text
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
 from service.schemas import (
-    AdapterRef, CreateAdapterRequest, FinetuneParams, FinetuneRequest, KeyRef, PredictRequest, PromoteRequest,
+    AdapterRef, CreateAdapterRequest, FinetuneParams, FinetuneRequest, IssueKeyRequest, KeyRef, PredictRequest, PromoteRequest,
     TenantRequest,
 )
 from service.settings import Settings
@@ -109,7 +109,8 @@ def _version(v: VersionInfo) -> pb.VersionDetail:
 
 def _keys(tenant: str, keys: list[KeyInfo]) -> pb.ListKeysResponse:
     return pb.ListKeysResponse(tenant=tenant, keys=[
-        pb.KeyDetail(key_id=k.key_id, created_at=k.created_at, revoked=k.revoked) for k in keys])
+        pb.KeyDetail(key_id=k.key_id, created_at=k.created_at, revoked=k.revoked, expires_at=k.expires_at or "")
+        for k in keys])
 
 
 def _items(request: pb.EmbedRequest | pb.PredictRequest) -> list[str | bytes]:
@@ -254,8 +255,9 @@ class GraftServicer(pb_grpc.GraftServicer):
     async def IssueKey(self, request: pb.IssueKeyRequest, who: Principal) -> pb.IssueKeyResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant  # HTTP checks the path before the handler runs
         who.require_admin()
-        info, key = await self.engine.tenancy.issue_key(tenant)
-        return pb.IssueKeyResponse(tenant=tenant, key_id=info.key_id, api_key=key)
+        body = IssueKeyRequest(expires_in_s=request.expires_in_s or None)
+        info, key = await self.engine.tenancy.issue_key(tenant, body.expires_in_s)
+        return pb.IssueKeyResponse(tenant=tenant, key_id=info.key_id, api_key=key, expires_at=info.expires_at or "")
 
     @rpc
     async def ListKeys(self, request: pb.ListKeysRequest, who: Principal) -> pb.ListKeysResponse:

@@ -25,7 +25,7 @@ from service.errors import (
 )
 from service.schemas import (
     KEY_ID_PATTERN, NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
-    EmbedRequest, EmbedResponse, ErrorResponse, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
+    EmbedRequest, EmbedResponse, ErrorResponse, IssueKeyRequest, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
     KeyCreated, KeyList, PredictRequest, PredictResponse, PromoteRequest, TenantCreated, TenantRequest,
     VersionDetail, VersionList,
 )
@@ -182,12 +182,15 @@ async def create_tenant(request: Request, who: Principal = Depends(caller)) -> R
     return _json({"tenant": body.tenant, "api_key": key}, 201)
 
 
-@app.post("/v1/tenants/{tenant}/keys", status_code=201, response_model=KeyCreated, responses=ERRORS)
-async def issue_key(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
-    """Admin: another key for the tenant (rotation: issue, switch clients, revoke the old)."""
+@app.post("/v1/tenants/{tenant}/keys", status_code=201, response_model=KeyCreated, responses=ERRORS,
+          openapi_extra=json_body(IssueKeyRequest))
+async def issue_key(request: Request, tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
+    """Admin: another key for the tenant (rotation: issue, switch clients, revoke the old),
+    optionally expiring (`{"expires_in_s": 86400}`; no body: valid until revoked)."""
     who.require_admin()
-    info, key = await engine().tenancy.issue_key(tenant)
-    return _json({"tenant": tenant, "key_id": info.key_id, "api_key": key}, 201)
+    body = await parse(IssueKeyRequest, request) if await request.body() else IssueKeyRequest()
+    info, key = await engine().tenancy.issue_key(tenant, body.expires_in_s)
+    return _json({"tenant": tenant, "key_id": info.key_id, "api_key": key, "expires_at": info.expires_at}, 201)
 
 
 @app.get("/v1/tenants/{tenant}/keys", response_model=KeyList, responses=ERRORS)
@@ -195,7 +198,8 @@ async def list_keys(tenant: str = TenantPath, who: Principal = Depends(caller)) 
     who.require_admin()
     keys = await engine().tenancy.list_keys(tenant)
     return _json({"tenant": tenant, "keys": [
-        {"key_id": k.key_id, "created_at": k.created_at, "revoked": k.revoked} for k in keys]})
+        {"key_id": k.key_id, "created_at": k.created_at, "revoked": k.revoked, "expires_at": k.expires_at}
+        for k in keys]})
 
 
 @app.delete("/v1/tenants/{tenant}/keys/{key_id}", response_model=KeyList, responses=ERRORS)

@@ -101,16 +101,24 @@ class TenantCreated(BaseModel):
     api_key: str = Field(description="the tenant's first key; shown once, stored hashed")
 
 
+class IssueKeyRequest(_Strict):
+    expires_in_s: float | None = Field(
+        None, gt=0, le=10 * 365 * 86400, description="the key stops working this many seconds after issue; "
+                                                     "omitted: valid until revoked")
+
+
 class KeyCreated(BaseModel):
     tenant: str
     key_id: str
     api_key: str
+    expires_at: str | None = None
 
 
 class KeyDetail(BaseModel):
     key_id: str
     created_at: str
     revoked: bool
+    expires_at: str | None = None
 
 
 class KeyList(BaseModel):

@@ -42,8 +42,8 @@ class Tenancy:
         _, key = await asyncio.to_thread(self.keys.issue, tenant)
         return key
 
-    async def issue_key(self, tenant: str) -> tuple[KeyInfo, str]:
-        return await asyncio.to_thread(self.keys.issue, tenant)
+    async def issue_key(self, tenant: str, expires_in_s: float | None = None) -> tuple[KeyInfo, str]:
+        return await asyncio.to_thread(self.keys.issue, tenant, expires_in_s)
 
     async def revoke_key(self, tenant: str, key_id: str) -> None:
         await asyncio.to_thread(self.keys.revoke, tenant, key_id)

@@ -304,3 +304,19 @@ def test_deadline_shorter_than_batch_wait(graft_home, tmp_path):
         assert items_embedded() - before == 1  # the expired call's three items never ran
     finally:
         srv.stop()
+
+
+def test_an_expiring_key_over_grpc(stub, server):
+    import time
+
+    C = grpc.StatusCode
+    tenant, _ = new_tenant(stub)
+    issued = stub.IssueKey(pb.IssueKeyRequest(tenant=tenant, expires_in_s=1.5))
+    assert issued.expires_at
+    assert {k.key_id: k.expires_at for k in stub.ListKeys(pb.ListKeysRequest(tenant=tenant)).keys}[issued.key_id]
+    with server.channel(issued.api_key) as ch:
+        mine = pb_grpc.GraftStub(ch)
+        assert list(mine.ListAdapters(pb.ListAdaptersRequest(tenant=tenant)).adapters) == []
+        time.sleep(2.0)
+        assert code_of(lambda: mine.ListAdapters(pb.ListAdaptersRequest(tenant=tenant))) == C.UNAUTHENTICATED
+    assert code_of(lambda: stub.IssueKey(pb.IssueKeyRequest(tenant=tenant, expires_in_s=-1))) == C.INVALID_ARGUMENT

@@ -305,3 +305,20 @@ def test_rate_limit_holds_per_tenant_across_two_workers_with_redis(graft_home, t
             assert c.post("/v1/embed", json={"inputs": ["a"] * 4}).status_code == 429
     finally:
         srv.stop()
+
+
+def test_an_expiring_key_stops_working_when_it_expires(server, admin):
+    """Even inside the key cache's window (GRAFT_KEY_CACHE_S): expiry is checked on every use."""
+    tenant, _ = make_tenant(admin)
+    r = admin.post(f"/v1/tenants/{tenant}/keys", json={"expires_in_s": 1.5})
+    assert r.status_code == 201 and r.json()["expires_at"]
+    key = r.json()["api_key"]
+    with server.client(key) as c:
+        assert c.get(f"/v1/tenants/{tenant}/adapters").status_code == 200
+        time.sleep(2.0)
+        r = c.get(f"/v1/tenants/{tenant}/adapters")
+        assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    listed = {k["key_id"]: k for k in admin.get(f"/v1/tenants/{tenant}/keys").json()["keys"]}
+    assert sum(1 for k in listed.values() if k["expires_at"]) == 1
+    assert admin.post(f"/v1/tenants/{tenant}/keys", json={"expires_in_s": 0}).status_code == 400
+    assert admin.post(f"/v1/tenants/{tenant}/keys").status_code == 201  # no body: valid until revoked

@@ -16,7 +16,7 @@ from service.settings import Settings
 class NoKeys:
     """A key store that knows no tenant key (the admin path needs none)."""
 
-    def verify(self, key: str) -> None:
+    def verify_until(self, key: str) -> None:
         return None
 
 
@@ -71,13 +71,13 @@ class Keys:
         self.down = False
         self.lookups = 0
 
-    def verify(self, key: str) -> str | None:
+    def verify_until(self, key: str) -> tuple[str, None] | None:
         from sqlalchemy.exc import OperationalError
 
         self.lookups += 1
         if self.down:
             raise OperationalError("SELECT", {}, Exception("connection refused"))
-        return "acme" if key == "graft_good_key" else None
+        return ("acme", None) if key == "graft_good_key" else None
 
 
 def test_during_an_outage_a_cached_key_stays_good_only_for_the_grace(monkeypatch):

@@ -384,20 +384,24 @@ class CreateTenantResponse(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
 
 class IssueKeyRequest(_message.Message):
-    __slots__ = ("tenant",)
+    __slots__ = ("tenant", "expires_in_s")
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
     tenant: str
-    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+    expires_in_s: float
+    def __init__(self, tenant: _Optional[str] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
 
 class IssueKeyResponse(_message.Message):
-    __slots__ = ("tenant", "key_id", "api_key")
+    __slots__ = ("tenant", "key_id", "api_key", "expires_at")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     key_id: str
     api_key: str
-    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., api_key: _Optional[str] = ...) -> None: ...
+    expires_at: str
+    def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ..., api_key: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
 
 class ListKeysRequest(_message.Message):
     __slots__ = ("tenant",)
@@ -406,14 +410,16 @@ class ListKeysRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ...) -> None: ...
 
 class KeyDetail(_message.Message):
-    __slots__ = ("key_id", "created_at", "revoked")
+    __slots__ = ("key_id", "created_at", "revoked", "expires_at")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     created_at: str
     revoked: bool
-    def __init__(self, key_id: _Optional[str] = ..., created_at: _Optional[str] = ..., revoked: _Optional[bool] = ...) -> None: ...
+    expires_at: str
+    def __init__(self, key_id: _Optional[str] = ..., created_at: _Optional[str] = ..., revoked: _Optional[bool] = ..., expires_at: _Optional[str] = ...) -> None: ...
 
 class ListKeysResponse(_message.Message):
     __slots__ = ("tenant", "keys")
