@@ -270,17 +270,18 @@ class JobQueue:
                 row.lease_owner, row.lease_expires_at = None, None
 
     def heartbeat(self, claim: Claimed, progress: float | None = None) -> bool:
-        """Renew the lease; returns whether cancellation was requested. LeaseLost if not ours."""
+        """Renew the lease; returns whether cancellation was requested. LeaseLost if not ours.
+        Touches only the lease columns: the job's examples are never read here."""
         with self.session.begin() as s:
-            row = self._owned(s, claim)
-            row.lease_expires_at = self._db_now(s) + timedelta(seconds=self.lease_s)
+            values: dict[str, Any] = {"lease_expires_at": self._db_now(s) + timedelta(seconds=self.lease_s)}
             if progress is not None:
-                row.progress = progress
-            return row.cancel_requested
+                values["progress"] = progress
+            self._take(s, claim, **values)
+            return bool(s.scalar(select(JobRow.cancel_requested).where(JobRow.id == claim.job.id)))
 
     def event(self, claim: Claimed, kind: str, data: dict[str, Any]) -> None:
         with self.session.begin() as s:
-            self._owned(s, claim)
+            self._take(s, claim)
             self._event(s, claim.job.id, kind, data)
 
     def finish(self, claim: Claimed, status: str, *, error_code: str | None = None,
@@ -358,19 +359,24 @@ class JobQueue:
         return row
 
     @staticmethod
-    def _owned(s: Session, claim: Claimed) -> JobRow:
-        """The claimed job's row, write-locked, if the claim still holds: ownership is the
-        WHERE of an UPDATE (atomic on SQLite too, where SELECT ... FOR UPDATE locks nothing)."""
+    def _take(s: Session, claim: Claimed, **values: Any) -> None:
+        """Write-lock the claimed job's row (setting `values`) if the claim still holds:
+        ownership is the WHERE of the UPDATE (atomic on SQLite too, where SELECT ... FOR
+        UPDATE locks nothing). LeaseLost otherwise."""
         taken = s.execute(
             update(JobRow)
             .where(JobRow.id == claim.job.id, JobRow.status == "running", JobRow.lease_owner == claim.owner)
-            .values(lease_owner=JobRow.lease_owner)
+            .values(**(values or {"lease_owner": JobRow.lease_owner}))
         ).rowcount
         if taken != 1:
             raise LeaseLost(f"job {claim.job.id} is no longer held by {claim.owner}")
+
+    @classmethod
+    def _owned(cls, s: Session, claim: Claimed) -> JobRow:
+        """The claimed job's row, write-locked, if the claim still holds."""
+        cls._take(s, claim)
         row = s.get(JobRow, claim.job.id)
         assert row is not None
-        s.refresh(row)
         return row
 
     @staticmethod

@@ -364,9 +364,10 @@ class Registry:
 
     @staticmethod
     def _set_active(s: Session, row: AdapterRow, version: int, seq: int) -> None:
-        stored = s.get(VersionRow, (row.tenant_id, row.name, version))
-        if stored is not None:
-            row.backbone = AdapterConfig.from_json(stored.config).backbone
+        config = s.scalar(select(VersionRow.config).where(  # the config only, not the weights
+            VersionRow.tenant_id == row.tenant_id, VersionRow.adapter == row.name, VersionRow.version == version))
+        if config is not None:
+            row.backbone = AdapterConfig.from_json(config).backbone
         row.active_version = version
         row.seq = seq
 

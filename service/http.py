@@ -128,9 +128,12 @@ async def read_limited(request: Request, limit: int, setting: str = "GRAFT_MAX_B
     return body
 
 
-async def parse(model: type[M], request: Request) -> M:
-    """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type)."""
+async def parse(model: type[M], request: Request, *, optional: bool = False) -> M:
+    """The JSON body as `model`, whatever the Content-Type says (curl -d sends a form type);
+    `optional`: no body at all means the model's defaults."""
     body = await read_limited(request, int(settings.max_body_mb * 1024 * 1024))
+    if optional and not body.strip():
+        return model()
     try:
         return model.model_validate_json(body)
     except ValidationError as e:
@@ -188,7 +191,7 @@ async def issue_key(request: Request, tenant: str = TenantPath, who: Principal =
     """Admin: another key for the tenant (rotation: issue, switch clients, revoke the old),
     optionally expiring (`{"expires_in_s": 86400}`; no body: valid until revoked)."""
     who.require_admin()
-    body = await parse(IssueKeyRequest, request) if await request.body() else IssueKeyRequest()
+    body = await parse(IssueKeyRequest, request, optional=True)
     info, key = await engine().tenancy.issue_key(tenant, body.expires_in_s)
     return _json({"tenant": tenant, "key_id": info.key_id, "api_key": key, "expires_at": info.expires_at}, 201)
 

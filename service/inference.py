@@ -122,7 +122,7 @@ class Inference:
 
     async def _load_all(self) -> None:
         s = self.settings
-        for name in s.backbones:
+        for position, name in enumerate(s.backbones, start=1):
             try:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
@@ -131,7 +131,6 @@ class Inference:
                 )
             except Exception as e:
                 # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.
-                position = self.settings.backbones.index(name) + 1
                 self._failure = (f"backbone {position} of GRAFT_BACKBONES failed to load "
                                  f"(backbone_load_failed: {type(e).__name__})")
                 log.exception("backbone %s failed to load", name)

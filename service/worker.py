@@ -135,6 +135,8 @@ class Worker:
     def _active(self, tenant: str, adapter: str, backbone: Backbone) -> Adapter | None:
         try:
             stored, _ = self.registry.active(tenant, adapter)
+            if stored.authentic is False:  # as the serving cache does: never train on a forged head
+                raise AdapterFormatError("its signature does not verify")
             return decode(stored.config, stored.weights, fingerprint=backbone.fingerprint, dim=backbone.dim,
                           version=stored.version)
         except NotFoundError:
