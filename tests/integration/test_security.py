@@ -290,6 +290,16 @@ def test_rate_limit_holds_per_tenant_across_two_workers_with_redis(graft_home, t
                  GRAFT_WORKERS="2", GRAFT_REDIS_URL=url, GRAFT_BACKBONES='["minilm-l6"]',
                  GRAFT_RATE_LIMIT_RPS="0.01", GRAFT_RATE_LIMIT_BURST="6", GRAFT_TRAIN_WORKERS="0").start()
     try:
+        # /readyz answered from one worker; wait until both serve (the admin is not rate limited):
+        # 12 consecutive answers on new connections, spread by the kernel over both workers.
+        deadline, streak = time.monotonic() + 120, 0
+        while streak < 12:
+            assert time.monotonic() < deadline, "the second worker never became ready"
+            with srv.client() as admin:
+                ok = admin.post("/v1/embed", json={"inputs": ["warm"]}).status_code == 200
+            streak = streak + 1 if ok else 0
+            if not ok:
+                time.sleep(0.5)
         with srv.client() as admin:
             tenant = f"rl-{uuid.uuid4().hex[:8]}"
             key = admin.post("/v1/tenants", json={"tenant": tenant}).json()["api_key"]
