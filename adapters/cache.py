@@ -257,6 +257,12 @@ class AdapterCache:
                 self._drop(key)  # deleted; in-flight leases keep their own reference
             elif change.active_version != entry.adapter.version:
                 await self._swap(key, change.active_version)
+        # An erased tenant's adapters leave no change rows behind: look for tenants gone.
+        tenants = {t for t, _ in [*self._entries, *self._load_locks]}
+        gone = await asyncio.to_thread(self.registry.missing_tenants, tenants)
+        for key in [k for k in [*self._entries, *self._load_locks] if k[0] in gone]:
+            self._changed_while_loading.add(key)
+            self._drop(key)
         self._watermark = max([mark, *(c.seq for c in changes)])
 
     async def _swap(self, key: Key, version: int) -> None:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, Text, func, select, text, update
+from sqlalchemy import (
+    JSON, DateTime, Float, Integer, LargeBinary, String, Text, delete, func, select, text, update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from adapters.format import AdapterConfig
@@ -40,7 +42,6 @@ class JobRow(Base):
     backbone: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16), index=True)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
-    examples: Mapped[list[Any]] = mapped_column(JSON)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -56,6 +57,18 @@ class JobRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class JobExamplesRow(Base):
+    """A job's training examples, apart from its row: status polls, lists, heartbeats and
+    events never read them; a worker reads them once, when it claims the job. Deleted when
+    the job ends unless the tenant keeps them (`params.keep_examples`), then after
+    GRAFT_KEPT_EXAMPLES_DAYS."""
+
+    __tablename__ = "job_examples"
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)  # jobs.id (deleted with it, explicitly)
+    tenant_id: Mapped[str] = mapped_column(String(63), index=True)
+    examples: Mapped[list[Any]] = mapped_column(JSON)
+
+
 class JobEventRow(Base):
     """Events in insertion order: a database sequence, so concurrent writers (the worker, a
     cancel request) never compete for the same number."""
@@ -69,12 +82,16 @@ class JobEventRow(Base):
 
 
 class EmbeddingRow(Base):
-    """Embedding cache: retraining on the same texts skips the backbone."""
+    """Embedding cache: a tenant retraining on the same texts skips the backbone. Keyed per
+    tenant, so how fast a job embeds never tells one tenant what another trained on; rows
+    older than GRAFT_EMBEDDING_CACHE_DAYS are swept."""
 
     __tablename__ = "embedding_cache"
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
     text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
 
 
 @dataclass(frozen=True)
@@ -152,10 +169,10 @@ class JobQueue:
                     raise QueueFull(f"tenant {tenant!r} has {active} jobs queued or running, the limit "
                                     "(GRAFT_MAX_TENANT_JOBS); wait for one to finish")
             row = JobRow(id=str(uuid.uuid4()), tenant_id=tenant, adapter=adapter, backbone=backbone, status="queued",
-                         params=params, examples=examples, progress=0.0, attempts=0, cancel_requested=False,
-                         promoted=False)
+                         params=params, progress=0.0, attempts=0, cancel_requested=False, promoted=False)
             s.add(row)
             s.flush()
+            s.add(JobExamplesRow(job_id=row.id, tenant_id=tenant, examples=examples))
             self._event(s, row.id, "queued", {"examples": len(examples)})
             return _job(row)
 
@@ -181,7 +198,7 @@ class JobQueue:
         with self.session.begin() as s:
             row = self._row(s, job_id, tenant, lock=True)
             if row.status == "queued":
-                row.status, row.finished_at = "cancelled", _now()
+                self._end(s, row, "cancelled")
                 self._event(s, job_id, "cancelled", {"by": "request"})
             elif row.status == "running":
                 row.cancel_requested = True
@@ -197,7 +214,7 @@ class JobQueue:
             ).with_for_update()).all()
             for row in rows:
                 if row.status == "queued":
-                    row.status, row.finished_at = "cancelled", _now()
+                    self._end(s, row, "cancelled")
                     self._event(s, row.id, "cancelled", {"by": "adapter_deleted"})
                 else:
                     row.cancel_requested = True
@@ -244,7 +261,8 @@ class JobQueue:
             # The worker's host:pid stays in the log, not in events a tenant reads.
             log.info("job %s: attempt %d claimed by %s", job_id, row.attempts, owner)
             self._event(s, job_id, "started", {"attempt": row.attempts})
-            return Claimed(_job(row), list(row.examples), owner)
+            examples = s.scalar(select(JobExamplesRow.examples).where(JobExamplesRow.job_id == job_id))
+            return Claimed(_job(row), list(examples or []), owner)
 
     def expire(self) -> None:
         """Jobs whose worker stopped renewing: retried, or failed after the last attempt."""
@@ -257,10 +275,10 @@ class JobQueue:
                 log.warning("job %s: worker %s lost its lease (attempt %d)", row.id, row.lease_owner, row.attempts)
                 lost = {"attempt": row.attempts}
                 if row.cancel_requested:
-                    row.status, row.finished_at = "cancelled", _now()
+                    self._end(s, row, "cancelled")
                     self._event(s, row.id, "cancelled", lost)
                 elif row.attempts >= self.max_attempts:
-                    row.status, row.finished_at = "failed", _now()
+                    self._end(s, row, "failed")
                     row.error_code = "worker_lost"
                     row.error_message = f"the worker stopped during attempt {row.attempts} of {self.max_attempts}"
                     self._event(s, row.id, "failed", {**lost, "reason": "worker_lost"})
@@ -288,7 +306,7 @@ class JobQueue:
                error_message: str | None = None) -> None:
         with self.session.begin() as s:
             row = self._owned(s, claim)
-            row.status, row.finished_at = status, _now()
+            self._end(s, row, status)
             row.error_code, row.error_message = error_code, error_message
             row.lease_owner, row.lease_expires_at = None, None
             self._event(s, row.id, status, {"error": error_code} if error_code else {})
@@ -304,6 +322,9 @@ class JobQueue:
         published and AdapterDeleted is raised (the caller fails the job).
         """
         with self.session.begin() as s:
+            # The writers' lock before the job's row, as every writer that takes both: a
+            # tenant's erasure (adapters/erasure.py) takes them in this order too.
+            Registry.lock_writers(s)
             row = self._owned(s, claim)
             published = self.registry.publish(s, row.tenant_id, row.adapter, config, weights, activate=promote,
                                               max_adapters=max_adapters, expected_active=expected_active)
@@ -314,25 +335,31 @@ class JobQueue:
                     f"(it was {expected_active}): kept as a candidate; {decision.get('reason', '')}").rstrip("; ")}
             row.promoted = published.activated
             row.version, row.metrics, row.progress = version, metrics, 1.0
-            row.status, row.finished_at, row.lease_owner, row.lease_expires_at = "succeeded", _now(), None, None
+            self._end(s, row, "succeeded")
+            row.lease_owner, row.lease_expires_at = None, None
             self._event(s, row.id, "promotion", {**decision, "version": version, "promoted": row.promoted})
             self._event(s, row.id, "succeeded", {"version": version})
             return version
 
-    # -- embedding cache ------------------------------------------------------------------
+    # -- embedding cache (per tenant) and retention ------------------------------------------
 
-    def cached_embeddings(self, fingerprint: str, texts: list[str]) -> dict[str, bytes]:
+    def embedding_cache(self, tenant: str) -> TenantEmbeddings:
+        """The pipeline's embedding cache for one tenant's job."""
+        return TenantEmbeddings(self, tenant)
+
+    def cached_embeddings(self, tenant: str, fingerprint: str, texts: list[str]) -> dict[str, bytes]:
         keys = {text_key(t): t for t in texts}
         found: dict[str, bytes] = {}
         with self.session() as s:
             items = list(keys)
             for i in range(0, len(items), 500):
                 rows = s.execute(select(EmbeddingRow.text_sha256, EmbeddingRow.vector).where(
-                    EmbeddingRow.fingerprint == fingerprint, EmbeddingRow.text_sha256.in_(items[i : i + 500]))).all()
+                    EmbeddingRow.tenant_id == tenant, EmbeddingRow.fingerprint == fingerprint,
+                    EmbeddingRow.text_sha256.in_(items[i : i + 500]))).all()
                 found.update({keys[k]: bytes(v) for k, v in rows})
         return found
 
-    def store_embeddings(self, fingerprint: str, vectors: dict[str, bytes]) -> None:
+    def store_embeddings(self, tenant: str, fingerprint: str, vectors: dict[str, bytes]) -> None:
         """Insert, leaving rows another worker wrote meanwhile (same text, same vector)."""
         if not vectors:
             return
@@ -341,10 +368,29 @@ class JobQueue:
                 from sqlalchemy.dialects.postgresql import insert
             else:
                 from sqlalchemy.dialects.sqlite import insert
-            rows = [{"fingerprint": fingerprint, "text_sha256": text_key(t), "vector": v} for t, v in vectors.items()]
-            # One statement per chunk: PostgreSQL takes at most 65,535 bind parameters (3 a row).
+            now = _now()
+            rows = [{"tenant_id": tenant, "fingerprint": fingerprint, "text_sha256": text_key(t), "vector": v,
+                     "created_at": now} for t, v in vectors.items()]
+            # One statement per chunk: PostgreSQL takes at most 65,535 bind parameters (5 a row).
             for i in range(0, len(rows), INSERT_CHUNK):
                 s.execute(insert(EmbeddingRow).values(rows[i : i + INSERT_CHUNK]).on_conflict_do_nothing())
+
+    def sweep(self, *, embeddings_days: float, kept_examples_days: float) -> dict[str, int]:
+        """Retention: cached vectors older than `embeddings_days` and kept examples of jobs
+        that ended more than `kept_examples_days` ago are deleted (0 = keep forever)."""
+        removed = {"cached_vectors": 0, "kept_examples": 0}
+        with self.session.begin() as s:
+            now = self._db_now(s)
+            if embeddings_days > 0:
+                removed["cached_vectors"] = s.execute(delete(EmbeddingRow).where(
+                    EmbeddingRow.created_at < now - timedelta(days=embeddings_days))).rowcount
+            if kept_examples_days > 0:
+                ended = select(JobRow.id).where(JobRow.finished_at < now - timedelta(days=kept_examples_days))
+                removed["kept_examples"] = s.execute(delete(JobExamplesRow).where(
+                    JobExamplesRow.job_id.in_(ended))).rowcount
+        if any(removed.values()):
+            log.info("retention sweep removed %s", removed)
+        return removed
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -389,8 +435,29 @@ class JobQueue:
         return utc(s.scalar(select(func.now())))
 
     @staticmethod
+    def _end(s: Session, row: JobRow, status: str) -> None:
+        """The job is over: its examples go too, unless the tenant asked to keep them."""
+        row.status, row.finished_at = status, _now()
+        if not row.params.get("keep_examples"):
+            s.execute(delete(JobExamplesRow).where(JobExamplesRow.job_id == row.id))
+
+    @staticmethod
     def _event(s: Session, job_id: str, kind: str, data: dict[str, Any]) -> None:
         s.add(JobEventRow(job_id=job_id, kind=kind, data=data))
+
+
+@dataclass(frozen=True)
+class TenantEmbeddings:
+    """One tenant's view of the embedding cache (the pipeline's EmbeddingCache)."""
+
+    queue: JobQueue
+    tenant: str
+
+    def cached_embeddings(self, fingerprint: str, keys: list[str]) -> dict[str, bytes]:
+        return self.queue.cached_embeddings(self.tenant, fingerprint, keys)
+
+    def store_embeddings(self, fingerprint: str, vectors: dict[str, bytes]) -> None:
+        self.queue.store_embeddings(self.tenant, fingerprint, vectors)
 
 
 class QueueFull(QuotaExceeded):

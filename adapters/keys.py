@@ -67,6 +67,7 @@ class KeyStore:
         key = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         expires = _now() + timedelta(seconds=expires_in_s) if expires_in_s else None
         with self.session.begin() as s:
+            Registry.lock_writers(s)  # not while the tenant is being erased
             Registry.require_tenant(s, tenant)
             row = ApiKeyRow(id=key_id, tenant_id=tenant, key_hash=hash_key(key), expires_at=expires)
             s.add(row)

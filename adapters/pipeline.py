@@ -9,7 +9,7 @@ the head with early stopping -> evaluate -> negative-transfer guard decides prom
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,10 +19,15 @@ from adapters.evaluation import evaluate, stratified_split
 from adapters.format import Adapter, AdapterConfig, encode
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone
+from models.base import ItemError
+
+
+TRAIN_FIELDS = {f.name for f in fields(TrainParams)}
 
 
 class EmbeddingCache(Protocol):
-    """Vectors of already-embedded items (text or base64 image) per backbone fingerprint."""
+    """One tenant's vectors of already-embedded items (text or base64 image) per backbone
+    fingerprint (JobQueue.embedding_cache)."""
 
     def cached_embeddings(self, fingerprint: str, keys: list[str]) -> dict[str, bytes]: ...
 
@@ -54,7 +59,8 @@ class Outcome:
 def train_version(examples: list[dict[str, str]], backbone: Backbone, params: dict[str, Any], *,
                   active: Adapter | None, cache: EmbeddingCache, report: Reporter,
                   promote_margin: float, job_id: str = "") -> Outcome:
-    settings = {k: v for k, v in params.items() if v is not None}
+    # Training knobs only: the job's other params (keep_examples) are the queue's business.
+    settings = {k: v for k, v in params.items() if v is not None and k in TRAIN_FIELDS}
     p = TrainParams(**{"standardize": backbone.kind == "image", **settings})
     # Examples hold a text or a base64 image; that string also keys the embedding cache.
     keys = [e["text"] if "text" in e else e["image"] for e in examples]
@@ -63,7 +69,10 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     y = np.array([labels.index(n) for n in names])
     report.event("validation", {"examples": len(keys), "classes": len(labels),
                                 "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)}})
-    x = embed_cached(backbone, keys, cache, report)
+    where: dict[str, str] = {}  # each item's first example, to name it in errors
+    for i, (k, e) in enumerate(zip(keys, examples)):
+        where.setdefault(k, e.get("at", f"examples[{i}]"))
+    x = embed_cached(backbone, keys, cache, report, where)
     train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
     report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
     x_train, y_train = x[train_idx], y[train_idx]
@@ -131,15 +140,17 @@ def decide(metrics: dict[str, Any], active: dict[str, Any] | None, margin: float
                    f"by the margin {margin}: kept as a candidate (promote it explicitly if wanted)")
 
 
-def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, report: Reporter) -> np.ndarray:
-    """Embeddings from the cache (text or base64 image + backbone fingerprint), the rest computed."""
+def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, report: Reporter,
+                 where: dict[str, str] | None = None) -> np.ndarray:
+    """Embeddings from the cache (text or base64 image + backbone fingerprint), the rest
+    computed; `where` names each image's example for errors (`examples[3]`, `dog/a.png`)."""
     unique = list(dict.fromkeys(keys))
     cached = cache.cached_embeddings(backbone.fingerprint, unique)
     missing = [k for k in unique if k not in cached]
     fresh: dict[str, bytes] = {}
     for i in range(0, len(missing), 64):
         chunk = missing[i : i + 64]
-        items = [base64.b64decode(k) for k in chunk] if backbone.kind == "image" else chunk
+        items = _prepared(backbone, chunk, where or {}) if backbone.kind == "image" else chunk
         for key, vec in zip(chunk, backbone.embed(items).vectors):
             fresh[key] = vec.astype(np.float32).tobytes()
         report.progress(0.2 * (i + len(chunk)) / max(1, len(missing)))
@@ -149,6 +160,22 @@ def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, rep
         cache.store_embeddings(backbone.fingerprint, fresh)
     vectors = {**cached, **fresh}
     return np.stack([np.frombuffer(vectors[k], dtype=np.float32) for k in keys])
+
+
+class InvalidExample(ValueError):
+    """An example the API accepted (its image header was fine) cannot be used: the job fails
+    naming it."""
+
+
+def _prepared(backbone: Backbone, chunk: list[str], where: dict[str, str]) -> list[Any]:
+    """Images decoded here, in the worker (the API read only their headers)."""
+    ready = []
+    for key in chunk:
+        try:
+            ready.append(backbone.prepare(base64.b64decode(key)))
+        except ItemError as e:
+            raise InvalidExample(f"{where[key]}: {e}") from None
+    return ready
 
 
 def augmented(backbone: Backbone, images: list[str], y: np.ndarray, p: TrainParams,

@@ -166,7 +166,7 @@ class Registry:
 
     def create_tenant(self, tenant: str) -> None:
         with self.session.begin() as s:
-            self._bump(s)
+            self.bump(s)
             if s.get(TenantRow, tenant) is not None:
                 raise ConflictError(f"tenant {tenant!r} exists already")
             s.add(TenantRow(id=tenant))
@@ -197,7 +197,7 @@ class Registry:
         stored but not activated) and an adapter deleted meanwhile is never revived
         (AdapterDeleted).
         """
-        seq = self._bump(s)
+        seq = self.bump(s)
         self.require_tenant(s, tenant)
         row = s.get(AdapterRow, (tenant, adapter))
         live = row is not None and not row.deleted
@@ -230,7 +230,7 @@ class Registry:
 
     def promote(self, tenant: str, adapter: str, version: int) -> int:
         with self.session.begin() as s:
-            seq = self._bump(s)
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             if s.get(VersionRow, (tenant, adapter, version)) is None:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
@@ -242,7 +242,7 @@ class Registry:
     def rollback(self, tenant: str, adapter: str) -> int:
         """Make the previously active version active again."""
         with self.session.begin() as s:
-            seq = self._bump(s)
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             if not row.history:
                 raise ConflictError(f"adapter {adapter!r} has no earlier active version to roll back to")
@@ -254,7 +254,7 @@ class Registry:
 
     def delete_adapter(self, tenant: str, adapter: str) -> None:
         with self.session.begin() as s:
-            seq = self._bump(s)
+            seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
             s.execute(delete(VersionRow).where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter))
             row.deleted, row.active_version, row.history, row.seq = True, None, [], seq
@@ -264,6 +264,13 @@ class Registry:
     def tenant_exists(self, tenant: str) -> bool:
         with self.session() as s:
             return s.get(TenantRow, tenant) is not None
+
+    def missing_tenants(self, tenants: set[str]) -> set[str]:
+        """Which of `tenants` no longer exist (erased)."""
+        if not tenants:
+            return set()
+        with self.session() as s:
+            return tenants - set(s.scalars(select(TenantRow.id).where(TenantRow.id.in_(tenants))).all())
 
     def list_adapters(self, tenant: str) -> list[AdapterInfo]:
         with self.session() as s:
@@ -326,7 +333,7 @@ class Registry:
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value))
 
     @staticmethod
-    def _bump(s: Session) -> int:
+    def bump(s: Session) -> int:
         """Take the writers' lock (the sequence row) and return the new sequence number."""
         s.execute(update(MetaRow).where(MetaRow.key == "seq").values(value=MetaRow.value + 1))
         return int(s.execute(select(MetaRow.value).where(MetaRow.key == "seq")).scalar_one())

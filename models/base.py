@@ -26,6 +26,7 @@ class EmbedResult:
 
     vectors: np.ndarray  # float32, shape (n, dim), L2-normalised rows
     truncated: list[bool]
+    calls: int = 0  # ONNX Runtime calls it took (a batch is cut into sub-batches of max_rows)
 
 
 class Backbone(ABC):
@@ -38,12 +39,18 @@ class Backbone(ABC):
     provider: str  # ONNX Runtime execution provider in use
     precision: str  # "fp32", "int8" or "fp16": what is served
     int8: dict[str, Any] | None = None  # the int8 gate's verdict when int8 was asked for
+    max_rows: int = 1  # rows per ONNX Runtime call (int8 text: 1, so no row's scale depends on another's)
 
     @abstractmethod
     def prepare(self, item: Any) -> Any:
         """Check one raw item and return what `embed` takes for it (text: the string;
         image: the decoded, cropped pixels), or raise ItemError saying what is wrong.
         Decoding can be slow: call it off the event loop for images."""
+
+    def check(self, item: Any) -> None:
+        """Check one raw item cheaply (ItemError if it cannot be used), without the cost of
+        `prepare` where that is high: an image backbone reads only the header."""
+        self.prepare(item)
 
     @abstractmethod
     def embed(self, items: list[Any]) -> EmbedResult:
@@ -58,5 +65,6 @@ class Backbone(ABC):
             "fingerprint": self.fingerprint,
             "provider": self.provider,
             "precision": self.precision,
+            "max_rows_per_call": self.max_rows,
             **({"int8_gate": self.int8} if self.int8 else {}),
         }

@@ -33,34 +33,53 @@ PREPROCESSING: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Bounds on one image, checked before it is decoded (GRAFT_MAX_IMAGE_*)."""
+    """Bounds on one image, checked from its header before it is decoded (GRAFT_MAX_IMAGE_*).
+
+    `max_pixels` counts the pixels actually decoded: a JPEG much larger than the crop is
+    decoded at 1/2 to 1/8 scale (a 12-megapixel phone photo decodes to under 1 MP), a PNG
+    at full size. 2048 x 2048 is 80 times the 224 x 224 the backbone sees, and bounds one
+    decode's transient memory to about 50 MB (RGBA, composited, converted).
+    """
 
     max_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    max_pixels: int = 2048 * 2048
 
 
-def decode_image(data: bytes, limits: ImageLimits, size: int = PREPROCESSING["size"]) -> np.ndarray:
-    """PNG or JPEG bytes -> the centre crop as uint8 (size, size, 3) RGB, or an ItemError."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_image(data: bytes, limits: ImageLimits, size: int = PREPROCESSING["size"]) -> Any:
+    """The image, opened from its header only (no pixel is decoded yet) and checked against
+    the limits at the scale it will be decoded at; or an ItemError. Cheap: the API checks
+    fine-tune uploads with it and leaves decoding to the worker."""
+    from PIL import Image, UnidentifiedImageError
 
     if len(data) > limits.max_bytes:
         raise ItemError(f"the image has {len(data)} bytes; the limit is {limits.max_bytes}", too_large=True)
     try:
         img = Image.open(io.BytesIO(data), formats=PREPROCESSING["formats"])
+        if img.format == "JPEG":  # decode at a reduced scale when the image is much larger
+            img.draft("RGB", (size * 2, size * 2))
     except UnidentifiedImageError:
         raise ItemError("not a PNG or JPEG image") from None
     except Image.DecompressionBombError:
         raise ItemError("the image has too many pixels", too_large=True) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ItemError(f"the image header cannot be read: {e}") from None
     width, height = img.size
     if width * height > limits.max_pixels:
         raise ItemError(
-            f"the image has {width} x {height} pixels; the limit is {limits.max_pixels} pixels", too_large=True
+            f"the image decodes to {width} x {height} pixels; the limit is {limits.max_pixels} pixels "
+            "(GRAFT_MAX_IMAGE_PIXELS): scale it down before sending", too_large=True
         )
     if width < 1 or height < 1:
         raise ItemError("the image is empty")
+    return img
+
+
+def decode_image(data: bytes, limits: ImageLimits, size: int = PREPROCESSING["size"]) -> np.ndarray:
+    """PNG or JPEG bytes -> the centre crop as uint8 (size, size, 3) RGB, or an ItemError."""
+    from PIL import Image, ImageOps
+
+    img = open_image(data, limits, size)
     try:
-        if img.format == "JPEG":  # decode at a reduced scale when the image is much larger
-            img.draft("RGB", (size * 2, size * 2))
         img = ImageOps.exif_transpose(img)
         img.load()
         img = _rgb(img)
@@ -111,12 +130,19 @@ class ImageBackbone(Backbone):
             raise ItemError(f'backbone {self.id!r} embeds images: send {{"image": "<base64 PNG or JPEG>"}}, not {kind}')
         return decode_image(bytes(item), self.limits, self.size)
 
+    def check(self, item: Any) -> None:
+        """The header only: format, and pixels within the limits (fine-tune uploads)."""
+        if not isinstance(item, (bytes, bytearray, memoryview)):
+            self.prepare(item)
+            return
+        open_image(bytes(item), self.limits, self.size)
+
     def embed(self, items: list[Any]) -> EmbedResult:
         if not items:
             return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
         pixels = np.stack([self.prepare(item) for item in items])
         chunks = [self._runner.run(pixels[i : i + self.max_rows]) for i in range(0, len(pixels), self.max_rows)]
-        return EmbedResult(vectors=np.concatenate(chunks), truncated=[False] * len(items))
+        return EmbedResult(vectors=np.concatenate(chunks), truncated=[False] * len(items), calls=len(chunks))
 
 
 # -- building the graph (export time only; torch imported lazily) ---------------------------

@@ -85,7 +85,7 @@ class TextBackbone(Backbone):
             start = stop
         out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(chunks)
-        return EmbedResult(vectors=out, truncated=list(truncated))
+        return EmbedResult(vectors=out, truncated=list(truncated), calls=len(chunks))
 
 
 def _split_by_padding(

@@ -160,6 +160,12 @@ class Authenticator:
         while len(self._failures) > self.cache_size:
             self._failures.popitem(last=False)
 
+    def forget_tenant(self, tenant: str) -> None:
+        """The tenant was erased: its keys leave this process's cache at once (other
+        processes' within GRAFT_KEY_CACHE_S)."""
+        for digest in [d for d, (t, _, _) in self._cache.items() if t == tenant]:
+            del self._cache[digest]
+
     async def _tenant_of(self, key: str, digest: str) -> str | None:
         cached = self._cache.get(digest)
         now = time.monotonic()

@@ -252,6 +252,14 @@ class GraftServicer(pb_grpc.GraftServicer):
         return pb.CreateTenantResponse(tenant=tenant, api_key=key)
 
     @rpc
+    async def DeleteTenant(self, request: pb.DeleteTenantRequest, who: Principal) -> pb.DeleteTenantResponse:
+        who.require_admin()
+        tenant = TenantRequest(tenant=request.tenant).tenant
+        removed = await self.engine.tenancy.delete_tenant(tenant)
+        await self.engine.inference.cache.refresh()
+        return pb.DeleteTenantResponse(tenant=tenant, removed=removed)
+
+    @rpc
     async def IssueKey(self, request: pb.IssueKeyRequest, who: Principal) -> pb.IssueKeyResponse:
         tenant = TenantRequest(tenant=request.tenant).tenant  # HTTP checks the path before the handler runs
         who.require_admin()

@@ -26,7 +26,7 @@ from service.errors import (
 from service.schemas import (
     KEY_ID_PATTERN, NAME_PATTERN, ActiveVersion, AdapterList, AdapterSummary, CreateAdapterRequest, CreatedAdapter, Deleted,
     EmbedRequest, EmbedResponse, ErrorResponse, IssueKeyRequest, FinetuneParams, FinetuneRequest, JobEvents, JobList, JobStatus,
-    KeyCreated, KeyList, PredictRequest, PredictResponse, PromoteRequest, TenantCreated, TenantRequest,
+    KeyCreated, KeyList, PredictRequest, PredictResponse, PromoteRequest, TenantCreated, TenantDeleted, TenantRequest,
     VersionDetail, VersionList,
 )
 from service.settings import get_settings
@@ -183,6 +183,16 @@ async def create_tenant(request: Request, who: Principal = Depends(caller)) -> R
     body = await parse(TenantRequest, request)
     key = await engine().tenancy.create_tenant(body.tenant)
     return _json({"tenant": body.tenant, "api_key": key}, 201)
+
+
+@app.delete("/v1/tenants/{tenant}", response_model=TenantDeleted, responses=ERRORS)
+async def delete_tenant(tenant: str = TenantPath, who: Principal = Depends(caller)) -> Response:
+    """Admin: erase the tenant and everything Graft holds for it (keys, adapters, versions,
+    jobs, their examples and events, cached vectors); says how many of each went."""
+    who.require_admin()
+    removed = await engine().tenancy.delete_tenant(tenant)
+    await engine().inference.cache.refresh()  # this replica stops serving it at once; others within a poll
+    return _json({"tenant": tenant, "removed": removed})
 
 
 @app.post("/v1/tenants/{tenant}/keys", status_code=201, response_model=KeyCreated, responses=ERRORS,

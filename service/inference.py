@@ -49,6 +49,7 @@ def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
     result = backbone.embed([w.item for w in work])
     heads_started = time.perf_counter()
     metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
+    metrics.backbone_ort_calls.labels(backbone.id).inc(result.calls)
     scores: list[np.ndarray | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}
     for i, w in enumerate(work):
@@ -89,6 +90,10 @@ class Inference:
         # different backbones alternate (FIFO) instead of fighting over the cores, so text
         # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
         self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
+        # Image decoding has its own small pool: a burst of large images neither queues the
+        # database and auth calls of asyncio's default pool nor decodes more than
+        # GRAFT_DECODE_THREADS images (each up to GRAFT_MAX_IMAGE_PIXELS) at once.
+        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="image-decode")
         self._failure: str | None = None
         self._loading: asyncio.Task[None] | None = None
         self.cache = AdapterCache(
@@ -161,6 +166,7 @@ class Inference:
         for batcher in self._batchers.values():
             await batcher.close()
         self._cpu_lane.shutdown(wait=True)
+        self._decode_pool.shutdown(wait=True)
 
     # -- backbones -------------------------------------------------------------------
 
@@ -205,7 +211,7 @@ class Inference:
                 {"items": len(items), "limit": limit},
             )
         if backbone.kind == "image":
-            return await asyncio.to_thread(self._prepare, backbone, items)
+            return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, backbone, items)
         return self._prepare(backbone, items)
 
     def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:

@@ -30,7 +30,7 @@ class Jobs:
         if params.get("augment") and model.kind != "image":
             raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
         clean = await asyncio.to_thread(
-            check_examples, examples, kind=model.kind, prepare=model.prepare,
+            check_examples, examples, kind=model.kind, check=model.check,
             max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,
         )
         return await asyncio.to_thread(

@@ -42,6 +42,10 @@ backbone_batch_fill = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
 )
 backbone_items = Counter("graft_backbone_items_total", "Items embedded (rate() gives items/s)", ["backbone"])
+backbone_ort_calls = Counter(
+    "graft_backbone_ort_calls_total", "ONNX Runtime calls of the backbone (a pass takes one per max_rows_per_call rows)",
+    ["backbone"],
+)
 queue_wait_seconds = Histogram(
     "graft_queue_wait_seconds", "Seconds a request's items waited for their backbone pass", ["backbone"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),

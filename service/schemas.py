@@ -101,6 +101,13 @@ class TenantCreated(BaseModel):
     api_key: str = Field(description="the tenant's first key; shown once, stored hashed")
 
 
+class TenantDeleted(BaseModel):
+    tenant: str
+    removed: dict[str, int] = Field(
+        description="how many of each were erased: keys, adapters, versions, jobs, job_examples, job_events, "
+                    "cached_vectors")
+
+
 class IssueKeyRequest(_Strict):
     expires_in_s: float | None = Field(
         None, gt=0, le=10 * 365 * 86400, description="the key stops working this many seconds after issue; "
@@ -210,6 +217,9 @@ class FinetuneParams(_Strict):
         description="train on per-dimension standardised features (folded into the head's weights); "
                     "default: on for image backbones, off for text (docs/BENCHMARKS.md)",
     )
+    keep_examples: bool = Field(
+        False, description="keep the examples after the job ends (for later continual training; deleted after "
+                           "GRAFT_KEPT_EXAMPLES_DAYS or with the tenant); default: deleted when the job ends")
     augment: int = Field(
         0, ge=0, le=8,
         description="image backbones: randomly flipped, rotated (up to 10 degrees) and colour-jittered "

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(30.0, gt=0, description="a worker silent this long loses its job")
     job_max_attempts: int = Field(2, ge=1)
     job_poll_ms: int = Field(500, ge=10)
+    embedding_cache_days: float = Field(
+        30.0, ge=0, description="cached training vectors are deleted this long after they were computed; 0 = never")
+    kept_examples_days: float = Field(
+        90.0, ge=0, description="examples a tenant kept (params.keep_examples) are deleted this long after "
+                                "their job ended; 0 = never (without keep_examples: deleted when the job ends)")
     promote_margin: float = Field(0.01, ge=0, description="macro-F1 a new version must gain to be promoted")
 
     admin_key: str | None = Field(None, description="admin key; unset: generated into GRAFT_HOME/admin.key")
@@ -70,7 +75,10 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1, description="items allowed in one request")
     max_text_chars: int = Field(20_000, ge=1)
     max_image_mb: float = Field(4.0, gt=0, description="encoded size of one image (PNG or JPEG)")
-    max_image_pixels: int = Field(16_000_000, ge=1, description="width x height of one image, checked before decoding")
+    max_image_pixels: int = Field(
+        2048 * 2048, ge=1, description="pixels one image decodes to, checked from its header: a large JPEG decodes at "
+                                       "1/2-1/8 scale (a 12-MP photo passes), a PNG at full size")
+    decode_threads: int = Field(2, ge=1, description="images decoded at once per API process (their own pool)")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
     batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
     max_queued_items: int = Field(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+from adapters.erasure import erase_tenant
 from adapters.keys import KeyInfo, KeyStore
 from adapters.registry import Registry
 from service.auth import Authenticator, Principal, load_admin_key
@@ -41,6 +42,13 @@ class Tenancy:
         await asyncio.to_thread(self.registry.create_tenant, tenant)
         _, key = await asyncio.to_thread(self.keys.issue, tenant)
         return key
+
+    async def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Erase the tenant and all its data (adapters/erasure.py); how many of each went.
+        Its keys stop working everywhere within GRAFT_KEY_CACHE_S, its adapters within a poll."""
+        removed = await asyncio.to_thread(erase_tenant, self.registry, tenant)
+        self.auth.forget_tenant(tenant)
+        return removed
 
     async def issue_key(self, tenant: str, expires_in_s: float | None = None) -> tuple[KeyInfo, str]:
         return await asyncio.to_thread(self.keys.issue, tenant, expires_in_s)

@@ -99,12 +99,12 @@ def _text(data: bytes) -> str:
 
 
 def check_examples(
-    examples: list[Any], *, kind: str = "text", prepare: Callable[[Any], Any] | None = None,
+    examples: list[Any], *, kind: str = "text", check: Callable[[Any], Any] | None = None,
     max_examples: int, max_chars: int,
 ) -> list[dict[str, str]]:
     """Clean {"text", "label"} pairs (or {"image": base64, "label"} for an image backbone,
-    each image decoded once by `prepare` to prove it usable), or a 400/413 that says which
-    example is wrong."""
+    each image's header read by `check`: format and pixel limits; the worker decodes them),
+    or a 400/413 that says which example is wrong."""
     if len(examples) > max_examples:
         raise PayloadTooLarge(
             f"{len(examples)} examples; the limit is {max_examples} (GRAFT_MAX_TRAIN_EXAMPLES)",
@@ -128,8 +128,8 @@ def check_examples(
         else:
             data = image_bytes(value, where)
             try:
-                if prepare is not None:
-                    prepare(data)
+                if check is not None:
+                    check(data)
             except ItemError as e:
                 raise (PayloadTooLarge if e.too_large else InvalidInput)(f"{where}: {e}", detail) from None
             value = image_text(data)
@@ -137,7 +137,8 @@ def check_examples(
             raise InvalidInput(f"{where}: label must be a non-empty string", detail)
         if len(label) > 200:
             raise InvalidInput(f"{where}: label is longer than 200 characters", detail)
-        clean.append({field: value, "label": label})
+        # An image is decoded later, by the worker: `at` lets it name the example as here.
+        clean.append({field: value, "label": label, **({"at": where} if field == "image" else {})})
     counts = Counter(e["label"] for e in clean)
     if len(counts) < 2:
         raise InvalidInput(f"fine-tuning needs at least 2 classes; got {len(counts)}", {"classes": dict(counts)})

@@ -8,6 +8,7 @@ die. Workers run at lower CPU priority with one thread each, so serving keeps it
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ import time
 from adapters.format import Adapter, AdapterFormatError, decode
 from adapters.jobs import Claimed, JobQueue, LeaseLost, worker_id
 from adapters.lease import LeaseKeeper
-from adapters.pipeline import train_version
+from adapters.pipeline import InvalidExample, train_version
 from adapters.registry import AdapterDeleted, NotFoundError, Registry, default_url
 from adapters.training import Cancelled
 from models import Backbone, load_backbone
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.worker_pool import prepare_worker_process
 
 log = logging.getLogger("service.worker")  # not __name__: it is __main__ under -m
+SWEEP_EVERY_S = 600.0  # how often a worker applies the retention settings
 
 
 class TrainingError(Exception):
@@ -45,7 +47,11 @@ class Worker:
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("fine-tune worker %s polling for jobs", self.id)
+        swept = -math.inf
         while not stop.is_set():
+            if time.monotonic() - swept > SWEEP_EVERY_S:
+                swept = time.monotonic()
+                self.sweep()
             try:
                 claim = self.queue.claim(self.id)
             except Exception:
@@ -59,6 +65,14 @@ class Worker:
             except Exception:  # the registry went away mid-finish: the lease expires, the job retries
                 log.exception("job %s: could not be finished; its lease will expire and it will be retried",
                               claim.job.id)
+
+    def sweep(self) -> None:
+        """Retention: old cached vectors and kept examples past their time are deleted."""
+        try:
+            self.queue.sweep(embeddings_days=self.settings.embedding_cache_days,
+                             kept_examples_days=self.settings.kept_examples_days)
+        except Exception:
+            log.warning("retention sweep failed; retrying later", exc_info=True)
 
     def run(self, claim: Claimed) -> None:
         log.info("job %s: training %s/%s", claim.job.id, claim.job.tenant, claim.job.adapter)
@@ -99,10 +113,14 @@ class Worker:
     def _train(self, claim: Claimed, beat: LeaseKeeper) -> None:
         job = claim.job
         backbone = self._backbone(job.backbone)
-        outcome = train_version(
-            claim.examples, backbone, job.params, active=self._active(job.tenant, job.adapter, backbone),
-            cache=self.queue, report=beat, promote_margin=self.settings.promote_margin, job_id=job.id,
-        )
+        try:
+            outcome = train_version(
+                claim.examples, backbone, job.params, active=self._active(job.tenant, job.adapter, backbone),
+                cache=self.queue.embedding_cache(job.tenant), report=beat,
+                promote_margin=self.settings.promote_margin, job_id=job.id,
+            )
+        except InvalidExample as e:
+            raise TrainingError("invalid_example", str(e)) from e
         try:
             version = self.queue.publish(
                 claim, outcome.config, outcome.weights, promote=outcome.promote, metrics=outcome.metrics,

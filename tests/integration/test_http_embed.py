@@ -1,8 +1,10 @@
 """The real server over HTTP on loopback: contract, errors, batching, probes, metrics."""
 from __future__ import annotations
 
+import base64
 import concurrent.futures as cf
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -75,13 +77,30 @@ def test_wrong_method_and_path(client):
     assert client.post("/v1/nothing", json={}).status_code == 404
 
 
-def test_concurrent_requests_share_backbone_passes(client):
-    def metric_sum(name: str) -> float:
-        text = client.get("/metrics").text
-        return sum(float(v) for v in re.findall(rf'^{name}{{backbone="minilm-l6"}} ([0-9.e+]+)$', text, re.M))
+def _metric_sum(client, name: str, backbone: str) -> float:
+    text = client.get("/metrics").text
+    return sum(float(v) for v in re.findall(rf'^{name}{{backbone="{backbone}"}} ([0-9.e+]+)$', text, re.M))
 
-    passes_before = metric_sum("graft_backbone_batch_size_count")
-    items_before = metric_sum("graft_backbone_batch_size_sum")
+
+def _concurrently(n: int, call) -> list:
+    barrier = threading.Barrier(n)
+
+    def run(i: int):
+        barrier.wait()  # all at once, so the micro-batcher sees company
+        return call(i)
+
+    with cf.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_concurrent_requests_share_backbone_passes(client):
+    """#14.18: concurrent requests share micro-batches (fewer passes than requests), and
+    each pass costs the ORT calls the backbone's rows-per-call says: counted, not assumed.
+    Text served as int8 runs row by row (max_rows_per_call 1), so there batching saves
+    queue passes but not ORT calls; fp32 text and images save ORT calls too."""
+    text = next(b for b in client.get("/readyz").json()["backbones"] if b["id"] == "minilm-l6")
+    before = {m: _metric_sum(client, m, "minilm-l6") for m in (
+        "graft_backbone_batch_size_count", "graft_backbone_batch_size_sum", "graft_backbone_ort_calls_total")}
     texts = [f"concurrent request number {i} about shipping and refunds" for i in range(16)]
 
     def call(i: int) -> list[list[float]]:
@@ -89,16 +108,35 @@ def test_concurrent_requests_share_backbone_passes(client):
         assert r.status_code == 200, r.text
         return r.json()["embeddings"]
 
-    with cf.ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(call, range(48)))
+    results = _concurrently(48, call)
     # Each caller gets its own rows back, in its own order.
     base = np.array(results[0])
     for i, rows in enumerate(results):
         assert np.allclose(np.roll(np.array(rows), i % 16, axis=0), base, atol=1e-5)
-    passes = metric_sum("graft_backbone_batch_size_count") - passes_before
-    items = metric_sum("graft_backbone_batch_size_sum") - items_before
+    passes, items, calls = (_metric_sum(client, m, "minilm-l6") - v for m, v in before.items())
     assert items == 48 * 16, [l for l in client.get("/metrics").text.splitlines() if "batch_size_sum" in l]
     assert passes < 48, f"{passes} backbone passes for 48 concurrent requests: no batching"
+    rows_per_call = text["max_rows_per_call"]
+    # Each pass cuts its rows into sub-batches of at most rows_per_call (and by padding).
+    assert items / rows_per_call <= calls <= items, (calls, items, rows_per_call)
+    if rows_per_call > 1:
+        assert calls < items
+
+
+def test_concurrent_image_requests_share_ort_calls(client):
+    """One image per request, 16 requests at once: fewer ORT calls than requests."""
+    from tests.images import png
+
+    image = base64.b64encode(png(1)).decode()
+    before = _metric_sum(client, "graft_backbone_ort_calls_total", "efficientnet-lite0")
+
+    def call(i: int) -> None:
+        r = client.post("/v1/embed", json={"backbone": "efficientnet-lite0", "inputs": [{"image": image}]})
+        assert r.status_code == 200, r.text
+
+    _concurrently(16, call)
+    calls = _metric_sum(client, "graft_backbone_ort_calls_total", "efficientnet-lite0") - before
+    assert 1 <= calls < 16, f"{calls} ORT calls for 16 concurrent one-image requests: no batching"
 
 
 def test_probes_and_metrics(client):

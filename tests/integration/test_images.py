@@ -88,10 +88,15 @@ def test_image_sent_to_a_text_backbone_is_400(client):
     assert "inputs[1]: backbone 'minilm-l6' embeds text: send a string, not an image" in r.json()["error"]["message"]
 
 
-def _huge_png() -> bytes:
+def _huge_png(side: int = 5000) -> bytes:
     buf = io.BytesIO()
-    Image.new("1", (5000, 5000)).save(buf, "PNG")  # 25 M pixels in a few kB
+    Image.new("1", (side, side)).save(buf, "PNG")  # side² pixels in a few kB
     return buf.getvalue()
+
+
+def _phone_jpeg() -> bytes:
+    """A 12-megapixel JPEG (4032 x 3024), as phones take them; small bytes (flat colour)."""
+    return encode(Image.new("RGB", (4032, 3024), (90, 140, 200)), "JPEG")
 
 
 def _noisy_png(side: int) -> bytes:
@@ -106,7 +111,9 @@ def _noisy_png(side: int) -> bytes:
         ({"image": b64(b"just some bytes")}, 400, "inputs[1]: not a PNG or JPEG image"),
         ({"image": b64(encode(Image.new("RGB", (8, 8)), "GIF"))}, 400, "inputs[1]: not a PNG or JPEG image"),
         ({"image": b64(png(3)[:150])}, 400, "inputs[1]: the image cannot be decoded"),
-        ({"image": b64(_huge_png())}, 413, "inputs[1]: the image has 5000 x 5000 pixels; the limit is 16000000"),
+        ({"image": b64(_huge_png())}, 413, "inputs[1]: the image decodes to 5000 x 5000 pixels; the limit is 4194304"),
+        # #14.16: a 16-megapixel PNG passed the old limit (and cost ~200 MB to decode as RGBA).
+        ({"image": b64(_huge_png(4000))}, 413, "inputs[1]: the image decodes to 4000 x 4000 pixels"),
         ({"image": b64(_noisy_png(500))}, 413, "bytes; the limit is 524288"),  # GRAFT_MAX_IMAGE_MB=0.5
         ({"image": 5}, 400, "inputs.1.image.image: Input should be a valid string"),
         ({"picture": b64(png(1))}, 400, "inputs.1.image"),
@@ -123,6 +130,26 @@ def test_zero_shot_needs_a_text_backbone(client):
     tenant, _ = helpers.new_tenant(client, "img")
     r = client.post("/v1/adapters", json={"tenant": tenant, "backbone": IMAGE, "labels": ["cat", "dog"]})
     assert r.status_code == 400 and "POST /v1/finetune" in r.json()["error"]["message"]
+
+
+def test_a_phone_photo_decodes_at_reduced_scale_and_passes(client):
+    """The pixel limit counts what is decoded: a 12-MP JPEG decodes at 1/4 scale."""
+    r = client.post("/v1/embed", json={"backbone": IMAGE, "inputs": [{"image": b64(_phone_jpeg())}]})
+    assert r.status_code == 200, r.text
+
+
+def test_finetune_images_are_checked_by_header_and_decoded_by_the_worker(client):
+    """#14.16: the API reads each example's header only (format, pixels); an image whose
+    header is fine but whose data is broken is found by the worker, which fails the job
+    naming the example, with a stable code."""
+    tenant, _ = helpers.new_tenant(client, "img")
+    broken = png(7, shape="disc")[:200]  # header and the start of the pixel data only
+    examples = image_examples(TRAIN[:6]) + [{"image": b64(broken), "label": "disc"}]
+    r = client.post("/v1/finetune", json={"tenant": tenant, "backbone": IMAGE, "examples": examples})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_example", job
+    assert job["error"]["message"].startswith("examples[6]: the image cannot be decoded"), job
 
 
 def test_bad_image_examples_name_the_example(client):

@@ -332,3 +332,76 @@ def test_an_expiring_key_stops_working_when_it_expires(server, admin):
     assert sum(1 for k in listed.values() if k["expires_at"]) == 1
     assert admin.post(f"/v1/tenants/{tenant}/keys", json={"expires_in_s": 0}).status_code == 400
     assert admin.post(f"/v1/tenants/{tenant}/keys").status_code == 201  # no body: valid until revoked
+
+
+def _rows_of(database_url: str, tenant: str) -> dict[str, int]:
+    """Rows anywhere in the registry database that belong to `tenant`."""
+    from sqlalchemy import text
+
+    engine = create_engine(normalise_url(database_url))
+    counts = {}
+    with engine.connect() as c:
+        for table in ("tenants", "api_keys", "adapters", "adapter_versions", "jobs", "job_examples",
+                      "embedding_cache"):
+            column = "id" if table == "tenants" else "tenant_id"
+            counts[table] = c.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :t"), {"t": tenant}).scalar()
+        counts["job_events"] = c.execute(text(
+            "SELECT count(*) FROM job_events WHERE job_id IN (SELECT id FROM jobs WHERE tenant_id = :t)"),
+            {"t": tenant}).scalar()
+    engine.dispose()
+    return counts
+
+
+def test_deleting_a_tenant_erases_everything_it_had(server, admin):
+    """#14.3: DELETE /v1/tenants/{tenant} revokes its keys, deletes its adapters, versions,
+    jobs, examples, events and cached vectors, says what it removed, and touches no one else."""
+    tenant, key = make_tenant(admin)
+    other, other_key = make_tenant(admin)
+    with server.client(key) as c:
+        assert c.post("/v1/adapters", json={"tenant": tenant, "adapter": "zs", "labels": ["x", "y"]}).status_code == 201
+        job = c.post("/v1/finetune", json={"tenant": tenant, "adapter": "trained", "examples": TRAIN,
+                                           "params": {"epochs": 3, "keep_examples": True}}).json()
+        assert wait_job(c, job["job_id"])["status"] == "succeeded"
+        assert c.post("/v1/predict", json={"tenant": tenant, "adapter": "trained", "inputs": ["x"]}).status_code == 200
+    with server.client(other_key) as c:
+        assert c.post("/v1/adapters", json={"tenant": other, "adapter": "zs", "labels": ["x", "y"]}).status_code == 201
+    before = _rows_of(server.database_url, tenant)
+    assert all(before.values()), before  # there is something of each kind to erase
+    other_before = _rows_of(server.database_url, other)
+
+    with server.client(key) as c:  # a tenant cannot erase itself, nor anyone (admin routes: 404)
+        assert c.delete(f"/v1/tenants/{tenant}").status_code == 404
+    r = admin.delete(f"/v1/tenants/{tenant}")
+    assert r.status_code == 200, r.text
+    removed = r.json()["removed"]
+    assert removed == {"keys": before["api_keys"], "adapters": 2, "versions": before["adapter_versions"],
+                       "jobs": before["jobs"], "job_examples": 1, "job_events": before["job_events"],
+                       "cached_vectors": before["embedding_cache"]}
+    assert not any(_rows_of(server.database_url, tenant).values())
+    assert _rows_of(server.database_url, other) == other_before
+
+    assert admin.post("/v1/predict", json={"tenant": tenant, "adapter": "trained", "inputs": ["x"]}).status_code == 404
+    assert admin.get(f"/v1/jobs/{job['job_id']}").status_code == 404
+    assert admin.get(f"/v1/tenants/{tenant}/adapters").status_code == 404
+    assert admin.delete(f"/v1/tenants/{tenant}").status_code == 404
+    time.sleep(5.5)  # GRAFT_KEY_CACHE_S (this process forgot the key at once; other workers within this)
+    with server.client(key) as c:
+        assert c.get(f"/v1/tenants/{tenant}/adapters").status_code == 401
+    with server.client(other_key) as c:
+        assert c.post("/v1/predict", json={"tenant": other, "adapter": "zs", "inputs": ["x"]}).status_code == 200
+    # The name is free again, with nothing of the old tenant in it.
+    assert admin.post("/v1/tenants", json={"tenant": tenant}).status_code == 201
+    assert admin.get(f"/v1/tenants/{tenant}/adapters").json()["adapters"] == []
+
+
+def test_deleting_a_tenant_over_grpc(server, admin):
+    tenant, key = make_tenant(admin)
+    admin.post("/v1/adapters", json={"tenant": tenant, "adapter": "zs", "labels": ["x", "y"]})
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc.GraftStub(server.channel(key)).DeleteTenant(pb.DeleteTenantRequest(tenant=tenant))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    out = pb_grpc.GraftStub(server.channel()).DeleteTenant(pb.DeleteTenantRequest(tenant=tenant))
+    assert out.tenant == tenant and out.removed["adapters"] == 1 and out.removed["keys"] == 1
+    with pytest.raises(grpc.RpcError) as e:
+        pb_grpc.GraftStub(server.channel()).DeleteTenant(pb.DeleteTenantRequest(tenant=tenant))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND

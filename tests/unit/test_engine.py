@@ -115,3 +115,38 @@ def test_deleting_an_adapter_cancels_its_jobs(graft_home, tmp_path):
         await engine.close()
 
     asyncio.run(main())
+
+
+def test_images_decode_in_their_own_bounded_pool(graft_home, tmp_path):
+    """#14.16: image decoding runs on the `image-decode` pool, at most GRAFT_DECODE_THREADS
+    at once, never on asyncio's default pool (shared with database and auth calls)."""
+    import threading
+    import time
+
+    from models.image import ImageBackbone
+
+    active, peak, names = 0, 0, set()
+    lock = threading.Lock()
+
+    class Probe(ImageBackbone):  # the real class; only its decoding step is observed
+        def __init__(self) -> None:
+            pass
+
+        def prepare(self, item):
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+                names.add(threading.current_thread().name)
+            time.sleep(0.05)
+            with lock:
+                active -= 1
+            return item
+
+    async def main():
+        engine = make(graft_home, tmp_path, backbones=["minilm-l6"], decode_threads=2)
+        await asyncio.gather(*(engine.inference.prepare_items(Probe(), [b"x", b"y"]) for _ in range(8)))
+        await engine.close()
+
+    asyncio.run(main())
+    assert peak == 2 and names and all(n.startswith("image-decode") for n in names), (peak, names)

@@ -14,6 +14,7 @@ TWINS: dict[Operation, str] = {
     ("POST", "/v1/embed"): "Embed",
     ("POST", "/v1/predict"): "Predict",
     ("POST", "/v1/tenants"): "CreateTenant",
+    ("DELETE", "/v1/tenants/{tenant}"): "DeleteTenant",
     ("POST", "/v1/tenants/{tenant}/keys"): "IssueKey",
     ("GET", "/v1/tenants/{tenant}/keys"): "ListKeys",
     ("DELETE", "/v1/tenants/{tenant}/keys/{key_id}"): "RevokeKey",

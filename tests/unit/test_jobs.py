@@ -9,7 +9,7 @@ import pytest
 
 from adapters import zero_shot
 from adapters.format import encode
-from adapters.jobs import JobQueue, LeaseLost, QueueFull
+from adapters.jobs import JobQueue, LeaseLost, QueueFull, text_key
 from adapters.registry import NotFoundError, Registry
 
 EXAMPLES = [{"text": t, "label": l} for t, l in [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y")]]
@@ -155,9 +155,91 @@ def test_cancel_queued_and_running(queue):
 
 def test_embedding_cache(queue):
     vec = np.arange(4, dtype=np.float32).tobytes()
-    queue.store_embeddings("fp", {"hello": vec})
-    assert queue.cached_embeddings("fp", ["hello", "other"]) == {"hello": vec}
-    assert queue.cached_embeddings("other-fp", ["hello"]) == {}
+    queue.store_embeddings("acme", "fp", {"hello": vec})
+    assert queue.cached_embeddings("acme", "fp", ["hello", "other"]) == {"hello": vec}
+    assert queue.cached_embeddings("acme", "other-fp", ["hello"]) == {}
+
+
+def test_the_embedding_cache_is_per_tenant(queue):
+    """#14.3: a vector one tenant's job computed is never a hit for another tenant (a hit is
+    faster, so a shared cache told tenants what others trained on)."""
+    vec = np.arange(4, dtype=np.float32).tobytes()
+    queue.embedding_cache("acme").store_embeddings("fp", {"a secret text": vec})
+    assert queue.embedding_cache("acme").cached_embeddings("fp", ["a secret text"]) == {"a secret text": vec}
+    assert queue.embedding_cache("globex").cached_embeddings("fp", ["a secret text"]) == {}
+
+
+def test_retention_sweeps_old_vectors_and_kept_examples(queue):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from adapters.jobs import EmbeddingRow, JobExamplesRow, JobRow
+
+    queue.store_embeddings("acme", "fp", {"old": b"1234", "new": b"5678"})
+    kept = queue.submit("acme", "a", "minilm-l6", EXAMPLES, {"keep_examples": True}, max_queued=10)
+    queue.finish(queue.claim("w"), "failed", error_code="x")
+    with queue.session.begin() as s:
+        s.execute(update(EmbeddingRow).where(EmbeddingRow.text_sha256 == text_key("old"))
+                  .values(created_at=datetime.now(timezone.utc) - timedelta(days=40)))
+        s.execute(update(JobRow).where(JobRow.id == kept.id)
+                  .values(finished_at=datetime.now(timezone.utc) - timedelta(days=100)))
+    assert queue.sweep(embeddings_days=30, kept_examples_days=90) == {"cached_vectors": 1, "kept_examples": 1}
+    assert queue.cached_embeddings("acme", "fp", ["old", "new"]) == {"new": b"5678"}
+    with queue.session() as s:
+        assert s.get(JobExamplesRow, kept.id) is None
+    assert queue.get(kept.id).status == "failed"  # the job's record stays; only its data goes
+    assert queue.sweep(embeddings_days=0, kept_examples_days=0) == {"cached_vectors": 0, "kept_examples": 0}
+
+
+def test_examples_are_deleted_when_the_job_ends_unless_kept(queue):
+    """#14.3: the default retention of training examples is the job's life."""
+    from adapters.jobs import JobExamplesRow
+
+    def examples_of(job_id):
+        with queue.session() as s:
+            row = s.get(JobExamplesRow, job_id)
+            return None if row is None else row.examples
+
+    ended = {}
+    for keep, end in [(False, "finish"), (False, "cancel"), (False, "publish"), (True, "publish")]:
+        job = queue.submit("acme", f"{end}-{keep}".lower(), "minilm-l6", EXAMPLES, {"keep_examples": keep},
+                           max_queued=10)
+        assert examples_of(job.id) == EXAMPLES
+        if end == "cancel":
+            queue.cancel(job.id)
+        else:
+            claim = queue.claim("w")
+            assert claim.job.id == job.id and claim.examples == EXAMPLES
+            if end == "finish":
+                queue.finish(claim, "failed", error_code="x")
+            else:
+                queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=None)
+        ended[(keep, end)] = examples_of(job.id)
+    assert ended == {(False, "finish"): None, (False, "cancel"): None, (False, "publish"): None,
+                     (True, "publish"): EXAMPLES}
+
+
+def test_reading_jobs_never_loads_their_examples(queue):
+    """#14.8: get, list, events and heartbeat read no training examples (tens of MB for image
+    jobs): every SELECT they issue is checked for the examples table."""
+    from sqlalchemy import event
+
+    job = submit(queue)
+    claim = queue.claim("w")
+    statements: list[str] = []
+    listener = lambda conn, cursor, statement, *a: statements.append(statement)  # noqa: E731
+    event.listen(queue.registry.engine, "before_cursor_execute", listener)
+    try:
+        queue.get(job.id)
+        queue.list("acme")
+        queue.events(job.id)
+        queue.heartbeat(claim, 0.5)
+        queue.event(claim, "epoch", {"n": 1})
+        queue.cancel(job.id)
+    finally:
+        event.remove(queue.registry.engine, "before_cursor_execute", listener)
+    assert statements and not [q for q in statements if "examples" in q], statements
 
 
 def test_the_maximum_example_count_of_embeddings_is_stored(queue):
@@ -167,9 +249,9 @@ def test_the_maximum_example_count_of_embeddings_is_stored(queue):
 
     n = Settings.model_fields["max_train_examples"].default
     vectors = {f"text {i}": i.to_bytes(4, "little") * 4 for i in range(n)}
-    queue.store_embeddings("f" * 32, vectors)
+    queue.store_embeddings("acme", "f" * 32, vectors)
     sample = [f"text {i}" for i in range(0, n, 997)]
-    assert queue.cached_embeddings("f" * 32, sample) == {t: vectors[t] for t in sample}
+    assert queue.cached_embeddings("acme", "f" * 32, sample) == {t: vectors[t] for t in sample}
 
 
 def test_job_events_name_no_host_or_process(queue):
@@ -230,3 +312,117 @@ def test_a_stale_claim_cannot_finish_a_job_another_worker_holds(queue):
     assert queue.get(job.id).status == "running"
     queue.finish(second, "cancelled")
     assert queue.get(job.id).status == "cancelled"
+
+
+def test_a_list_of_100_image_jobs_stays_small(queue):
+    """#14.8: 100 jobs of 8 base64 images each (~17 MB of examples): listing them allocates
+    a bounded amount, not the examples (before: every row's examples were decoded)."""
+    import base64
+    import os
+    import tracemalloc
+
+    image = base64.b64encode(os.urandom(16_000)).decode()  # a ~21 KB encoded image
+    examples = [{"image": image, "label": "x" if i % 2 else "y"} for i in range(8)]
+    for _ in range(100):
+        queue.submit("acme", "imgs", "efficientnet-lite0", examples, {}, max_queued=1000)
+    tracemalloc.start()
+    try:
+        jobs = queue.list("acme", limit=100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(jobs) == 100
+    assert peak < 2_000_000, f"listing 100 jobs allocated {peak / 1e6:.1f} MB"
+
+
+def test_migration_moves_waiting_jobs_examples_out_of_the_job_row(registry_url):
+    """0006 on a database with jobs: queued and running jobs keep their examples (now in
+    job_examples); ended jobs' examples are dropped (the new retention default)."""
+    import json
+
+    from sqlalchemy import text
+
+    from adapters.database import make_engine
+    from adapters.migrations import upgrade
+
+    engine = make_engine(registry_url)
+    upgrade(engine, "0005")
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO tenants (id, created_at) VALUES ('acme', CURRENT_TIMESTAMP)"))
+        for job_id, status in (("waiting", "queued"), ("done", "succeeded")):
+            c.execute(text(
+                "INSERT INTO jobs (id, tenant_id, adapter, backbone, status, params, examples, progress, promoted, "
+                "attempts, cancel_requested, created_at) VALUES (:id, 'acme', 'a', 'minilm-l6', :status, '{}', "
+                ":examples, 0, false, 0, false, CURRENT_TIMESTAMP)"), {"id": job_id, "status": status,
+                                                                       "examples": json.dumps(EXAMPLES)})
+    upgrade(engine)
+    engine.dispose()
+    queue = JobQueue(Registry(registry_url))
+    claim = queue.claim("w")
+    assert claim.job.id == "waiting" and claim.examples == EXAMPLES
+    assert queue.get("done").status == "succeeded"
+    queue.registry.close()
+
+
+def test_erasing_a_tenant_stops_its_running_job_from_publishing(queue):
+    from adapters.erasure import erase_tenant
+
+    job = submit(queue)
+    claim = queue.claim("w")
+    queue.store_embeddings("acme", "fp", {"a": b"1234"})
+    removed = erase_tenant(queue.registry, "acme")
+    assert removed == {"keys": 0, "adapters": 0, "versions": 0, "jobs": 1, "job_examples": 1, "job_events": 2,
+                       "cached_vectors": 1}
+    with pytest.raises(LeaseLost):
+        queue.heartbeat(claim)
+    with pytest.raises(LeaseLost):
+        queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=None)
+    assert not queue.registry.tenant_exists("acme")
+    with pytest.raises(NotFoundError):
+        queue.get(job.id)
+    with pytest.raises(NotFoundError):
+        erase_tenant(queue.registry, "acme")
+
+
+def test_erasure_racing_a_publish_leaves_nothing_and_never_deadlocks(queue):
+    """Both take the writers' lock before the job's row, so neither waits for the other
+    in a cycle (PostgreSQL would abort one with a deadlock error)."""
+    from adapters.erasure import erase_tenant
+
+    for round_ in range(6):
+        tenant = f"race-{round_}"
+        queue.registry.create_tenant(tenant)
+        queue.submit(tenant, "a", "minilm-l6", EXAMPLES, {}, max_queued=10)
+        claim = queue.claim("w")
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def publish() -> None:
+            barrier.wait()
+            try:
+                queue.publish(claim, *a_version(), promote=True, metrics={}, decision={}, expected_active=None)
+            except LeaseLost:
+                pass  # the erasure came first
+            except BaseException as e:  # pragma: no cover - the assertion reports it
+                errors.append(e)
+
+        def erase() -> None:
+            barrier.wait()
+            try:
+                erase_tenant(queue.registry, tenant)
+            except BaseException as e:  # pragma: no cover
+                errors.append(e)
+
+        threads = [threading.Thread(target=publish), threading.Thread(target=erase)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert not queue.registry.tenant_exists(tenant)
+        with queue.session() as s:
+            from sqlalchemy import text
+
+            for table in ("adapters", "adapter_versions", "jobs", "job_examples"):
+                column = "tenant_id"
+                assert s.execute(text(f"SELECT count(*) FROM {table} WHERE {column} = :t"), {"t": tenant}).scalar() == 0

@@ -80,6 +80,8 @@ def test_concurrent_promote_and_rollback_stay_consistent(registry):
     for seed in range(3):
         registry.add_version("acme", "hot", *version(seed=seed), activate=False)
     errors: list[Exception] = []
+    writes = [0] * 4  # promotes and rollbacks that succeeded, per thread
+    start = registry.watermark()
 
     def churn(worker: int) -> None:
         r = Registry(registry.url, migrate=False)
@@ -87,8 +89,10 @@ def test_concurrent_promote_and_rollback_stay_consistent(registry):
             for i in range(15):
                 try:
                     r.promote("acme", "hot", 1 + (worker + i) % 4)
+                    writes[worker] += 1
                     if i % 3 == 0:
                         r.rollback("acme", "hot")
+                        writes[worker] += 1
                 except ConflictError:
                     pass
                 except Exception as e:  # pragma: no cover - the assertion reports it
@@ -105,8 +109,45 @@ def test_concurrent_promote_and_rollback_stay_consistent(registry):
     stored, history = registry.active("acme", "hot")
     assert 1 <= stored.version <= 4
     assert sum(v.active for v in registry.list_versions("acme", "hot")) == 1
-    # Every write bumped the watermark exactly once: no lost update.
     assert all(1 <= v <= 4 for v in history)
+    # Each successful write was applied exactly once: none lost, none counted twice.
+    assert registry.watermark() - start == sum(writes)
+
+
+def test_concurrent_activations_lose_no_update(registry_url):
+    """#14.18: four writers each publish and activate 10 versions at once. Every activation
+    reads and rewrites the adapter's history; a lost update would drop a version from it or
+    hand out one version number twice. Afterwards: numbers 1..41 each once, the history holds
+    every earlier active version in the order they were activated, and the last serves."""
+    registry = Registry(registry_url)
+    registry.create_tenant("acme")
+    registry.create_adapter("acme", "hot", *version())
+    published: list[list[int]] = [[] for _ in range(4)]
+    errors: list[Exception] = []
+
+    def publish(worker: int) -> None:
+        r = Registry(registry.url, migrate=False)
+        try:
+            for i in range(10):
+                published[worker].append(r.add_version("acme", "hot", *version(seed=worker * 100 + i), activate=True))
+        except Exception as e:  # pragma: no cover - the assertion reports it
+            errors.append(e)
+        finally:
+            r.close()
+
+    threads = [threading.Thread(target=publish, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    numbers = sorted(v for vs in published for v in vs)
+    assert numbers == list(range(2, 42))
+    assert all(vs == sorted(vs) for vs in published)  # each writer saw its own versions grow
+    stored, history = registry.active("acme", "hot")
+    assert history == list(range(1, 41)) and stored.version == 41
+    assert [v.version for v in registry.list_versions("acme", "hot")] == list(range(1, 42))
+    registry.close()
 
 
 def test_an_adapters_backbone_is_its_active_versions(registry):

@@ -104,6 +104,11 @@ class GraftStub:
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.FromString,
                 _registered_method=True)
+        self.DeleteTenant = channel.unary_unary(
+                '/graft.v1.Graft/DeleteTenant',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantResponse.FromString,
+                _registered_method=True)
         self.IssueKey = channel.unary_unary(
                 '/graft.v1.Graft/IssueKey',
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.IssueKeyRequest.SerializeToString,
@@ -226,6 +231,13 @@ class GraftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteTenant(self, request, context):
+        """DELETE /v1/tenants/{tenant}
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueKey(self, request, context):
         """POST /v1/tenants/{tenant}/keys
         """
@@ -319,6 +331,11 @@ def add_GraftServicer_to_server(servicer, server):
                     servicer.CreateTenant,
                     request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.FromString,
                     response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'DeleteTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTenant,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantResponse.SerializeToString,
             ),
             'IssueKey': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueKey,
@@ -714,6 +731,33 @@ class Graft:
             '/graft.v1.Graft/CreateTenant',
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.SerializeToString,
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/DeleteTenant',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,
