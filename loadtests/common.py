@@ -6,13 +6,32 @@ import asyncio
 import random
 import statistics
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
 
 LOAD_LABELS = ["billing", "delivery", "technical", "praise"]
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """The URL of a new, empty database on the local PostgreSQL (the tests' server), dropped
+    afterwards."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def load_tenants(n: int) -> list[str]:

@@ -4,7 +4,11 @@ embeddings beside it, and a trickle of fine-tune jobs.
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000   # web UI
     make load                                                        # headless, bounded
 
-Environment: GRAFT_LOAD_KEY (the admin key: it may act for every tenant), GRAFT_LOAD_TENANTS
+Every user calls with its tenant's own key, so key verification, tenant authorisation and
+the per-tenant rate limits are under load as in production; the admin key only sets up
+(creates tenants and issues each a key for the run, valid a day).
+
+Environment: GRAFT_LOAD_KEY (the admin key, for the set-up), GRAFT_LOAD_TENANTS
 (how many tenants, default 100; created with zero-shot adapters when missing),
 GRAFT_LOAD_GRPC (host:port of gRPC, default the HTTP host's with port 50051),
 GRAFT_LOAD_TEXTS (texts per request, default 16), GRAFT_LOAD_SETUP=0 (the tenants exist:
@@ -41,8 +45,16 @@ TEXTS = [
 ]
 
 
-def auth() -> dict[str, str]:
+KEYS: dict[str, str] = {}  # tenant -> the key issued to it for this run
+
+
+def admin() -> dict[str, str]:
     return {"authorization": f"Bearer {KEY}"} if KEY else {}
+
+
+def auth(tenant: str) -> dict[str, str]:
+    """The tenant's own key."""
+    return {"authorization": f"Bearer {KEYS[tenant]}"}
 
 
 def pick_tenant() -> str:
@@ -55,15 +67,19 @@ def batch() -> list[str]:
 
 @events.test_start.add_listener
 def create_tenants(environment, **_kwargs):  # type: ignore[no-untyped-def]
-    """Tenants with a zero-shot `default` adapter each, unless they exist already."""
+    """Tenants with a zero-shot `default` adapter each, unless they exist already; and a key
+    for each, issued for this run."""
     import httpx
 
-    if os.environ.get("GRAFT_LOAD_SETUP", "1") == "0":
-        return
-    with httpx.Client(base_url=environment.host, headers=auth(), timeout=60) as c:
+    setup = os.environ.get("GRAFT_LOAD_SETUP", "1") != "0"
+    with httpx.Client(base_url=environment.host, headers=admin(), timeout=60) as c:
         for tenant in TENANTS:
-            c.post("/v1/tenants", json={"tenant": tenant})
-            c.post("/v1/adapters", json={"tenant": tenant, "labels": LABELS})
+            if setup:
+                c.post("/v1/tenants", json={"tenant": tenant})
+                c.post("/v1/adapters", json={"tenant": tenant, "labels": LABELS})
+            r = c.post(f"/v1/tenants/{tenant}/keys", json={"expires_in_s": 86400})
+            r.raise_for_status()
+            KEYS[tenant] = r.json()["api_key"]
 
 
 class HttpPredictUser(FastHttpUser):
@@ -71,7 +87,8 @@ class HttpPredictUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        self.client.post("/v1/predict", json={"tenant": pick_tenant(), "inputs": batch()}, headers=auth(),
+        tenant = pick_tenant()
+        self.client.post("/v1/predict", json={"tenant": tenant, "inputs": batch()}, headers=auth(tenant),
                          name="POST /v1/predict")
 
 
@@ -82,19 +99,19 @@ class GrpcPredictUser(User):
         target = os.environ.get("GRAFT_LOAD_GRPC") or f"{urlparse(self.host).hostname}:50051"
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.GraftStub(self.channel)
-        self.metadata = list(auth().items())
 
     def on_stop(self) -> None:
         self.channel.close()
 
     @task
     def predict(self) -> None:
-        request = pb.PredictRequest(tenant=pick_tenant(), inputs=batch())
+        tenant = pick_tenant()
+        request = pb.PredictRequest(tenant=tenant, inputs=batch())
         started = time.perf_counter()
         error: Exception | None = None
         size = 0
         try:
-            size = self.stub.Predict(request, metadata=self.metadata, timeout=30).ByteSize()
+            size = self.stub.Predict(request, metadata=list(auth(tenant).items()), timeout=30).ByteSize()
         except grpc.RpcError as e:
             error = e
         events.request.fire(request_type="grpc", name="Predict", response_time=(time.perf_counter() - started) * 1000,
@@ -121,7 +138,7 @@ class HttpImageUser(FastHttpUser):
     @task
     def embed(self) -> None:
         self.client.post("/v1/embed", json={"backbone": "efficientnet-lite0", "inputs": random.sample(self.pictures, 4)},
-                         headers=auth(), name="POST /v1/embed (images)")
+                         headers=auth(pick_tenant()), name="POST /v1/embed (images)")
 
 
 class FineTuneUser(FastHttpUser):
@@ -133,5 +150,6 @@ class FineTuneUser(FastHttpUser):
     @task
     def finetune(self) -> None:
         examples = [{"text": t, "label": LABELS[i % len(LABELS)]} for i, t in enumerate(TEXTS)]
-        self.client.post("/v1/finetune", json={"tenant": pick_tenant(), "adapter": "tuned", "examples": examples,
-                                               "params": {"epochs": 20}}, headers=auth(), name="POST /v1/finetune")
+        tenant = pick_tenant()
+        self.client.post("/v1/finetune", json={"tenant": tenant, "adapter": "tuned", "examples": examples,
+                                               "params": {"epochs": 20}}, headers=auth(tenant), name="POST /v1/finetune")

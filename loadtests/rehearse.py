@@ -14,10 +14,9 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from loadtests.common import publish
+from loadtests.common import publish, scratch_database
 
 BEGIN, END = "<!-- rehearsal:begin -->", "<!-- rehearsal:end -->"
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,19 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    import psycopg
-
     from service.settings import Settings
-    from tests.conftest import POSTGRES_ADMIN_URL
 
-    name = f"graft_rehearsal_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            with tempfile.TemporaryDirectory() as logs:
-                f = rehearse(POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", Settings().home.resolve(), Path(logs))
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with scratch_database("graft_rehearsal") as url, tempfile.TemporaryDirectory() as logs:
+        f = rehearse(url, Settings().home.resolve(), Path(logs))
     table = "\n".join([
         "Two API processes and one trainer process on one PostgreSQL, on loopback; 2 client threads per replica "
         "sending one text per request.", "",

@@ -39,10 +39,19 @@ class _AioMetadata(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details._replace(metadata=metadata), request)
 
 
+_ISSUED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never handed out before in this process: two servers made
+    before either starts must not be given the same one (the OS reuses free ports)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 class Server:
@@ -71,7 +80,7 @@ class Server:
     def start(self, timeout: float = 300, ready: bool = True) -> "Server":
         """Start and wait until /readyz says ready (or, with ready=False, until /livez answers)."""
         bentoml = Path(sys.executable).with_name("bentoml")
-        self._log = self.log_path.open("wb")
+        self._log = self.log_path.open("ab")  # a restart appends
         self.proc = subprocess.Popen(
             [str(bentoml), "serve", "service.api:Graft", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
