@@ -35,6 +35,7 @@ class BackboneRef:
 
     fingerprint: str
     dim: int
+    split: int | None = None  # first adapted layer of a split text backbone (LoRA adapters)
 
 
 class BackboneNotLoaded(LookupError):
@@ -173,7 +174,8 @@ class AdapterCache:
                 "add it to GRAFT_BACKBONES"
             )
         try:
-            return decode(stored.config, stored.weights, fingerprint=ref.fingerprint, dim=ref.dim, version=stored.version)
+            return decode(stored.config, stored.weights, fingerprint=ref.fingerprint, dim=ref.dim,
+                          version=stored.version, split=ref.split)
         except AdapterFormatError as e:
             log.error("adapter %s/%s v%d refused: %s", stored.tenant, stored.adapter, stored.version, e)
             self.events.on_failure("verification")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,11 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+
+from models.split import TARGETS, LoraFactors
+
+METHODS = ("head", "lora")
+MAX_LORA_RANK = 64
 
 HEAD_KINDS = {
     "linear": ("weight", "bias"),  # logits = x W^T + b
@@ -41,6 +47,11 @@ class AdapterConfig:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     parent_version: int | None = None
     weights_sha256: str = ""
+    # "head": a head on the backbone's vectors; "lora": LoRA factors of the top layers too
+    # (tensors lora_a.<layer>.<target> and lora_b.<layer>.<target>, scale folded into B),
+    # with `lora` = {"rank", "alpha", "layers", "split", "targets"}.
+    method: str = "head"
+    lora: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -70,6 +81,14 @@ class Adapter:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values()) + 64 * len(self.labels)
 
+    @cached_property
+    def lora(self) -> LoraFactors | None:
+        """The factors the upper graph takes for this adapter's rows (None: head only)."""
+        if self.config.method != "lora":
+            return None
+        return LoraFactors({name[len("lora_a.") :]: (t, self.tensors["lora_b." + name[len("lora_a.") :]])
+                            for name, t in self.tensors.items() if name.startswith("lora_a.")})
+
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         t = self.tensors
         if self.config.head == "linear":
@@ -80,6 +99,30 @@ class Adapter:
         logits = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
+
+
+def check_lora(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
+    """A LoRA adapter's factors: paired, one rank, within bounds, only known targets."""
+    if config.method not in METHODS:
+        raise AdapterFormatError(f"unknown adapter method {config.method!r}: use one of {list(METHODS)}")
+    names = [n for n in tensors if n.startswith(("lora_a.", "lora_b."))]
+    if config.method == "head":
+        if names:
+            raise AdapterFormatError("a head adapter carries no LoRA factors")
+        return
+    if not config.lora or not names:
+        raise AdapterFormatError("a lora adapter needs its lora settings and factors")
+    rank = int(config.lora.get("rank", 0))
+    if not 1 <= rank <= MAX_LORA_RANK:
+        raise AdapterFormatError(f"LoRA rank {rank} is outside 1-{MAX_LORA_RANK}")
+    for name in names:
+        key = name[len("lora_a.") :]
+        layer, _, target = key.partition(".")
+        if not layer.isdigit() or target not in TARGETS:
+            raise AdapterFormatError(f"unknown LoRA factor {name!r}")
+        a, b = tensors.get("lora_a." + key), tensors.get("lora_b." + key)
+        if a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[1] != rank or b.shape[0] != rank:
+            raise AdapterFormatError(f"LoRA factors of {key!r} must be A (d_in, {rank}) and B ({rank}, d_out)")
 
 
 def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels: int) -> None:
@@ -105,6 +148,7 @@ def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels:
 def encode(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> tuple[AdapterConfig, bytes]:
     """Serialise a new version: the config gains the SHA-256 of the safetensors bytes."""
     check_tensors(config.head, tensors, config.dim, len(config.labels))
+    check_lora(config, tensors)
     weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
     sealed = AdapterConfig(**{**asdict(config), "weights_sha256": hashlib.sha256(weights).hexdigest()})
     return sealed, weights
@@ -117,8 +161,10 @@ def decode(
     fingerprint: str,
     dim: int,
     version: int = 0,
+    split: int | None = None,
 ) -> Adapter:
-    """Verify and load a stored version for a backbone with this fingerprint and dim."""
+    """Verify and load a stored version for a backbone with this fingerprint and dim (and,
+    for LoRA adapters, this split layer)."""
     config = AdapterConfig.from_json(config_json)
     digest = hashlib.sha256(weights).hexdigest()
     if digest != config.weights_sha256:
@@ -138,6 +184,13 @@ def decode(
     except Exception as e:
         raise AdapterFormatError(f"adapter weights are not valid safetensors: {e}") from e
     check_tensors(config.head, tensors, dim, len(config.labels))
+    check_lora(config, tensors)
+    if config.lora and split is not None and int(config.lora["split"]) != split:
+        raise AdapterFormatError(
+            f"adapter adapts the layers from {config.lora['split']} up, but this backbone is split at layer "
+            f"{split} (GRAFT_SPLIT_LAYERS): serve it where the split matches, or retrain it")
+    if config.lora and split is None:
+        raise AdapterFormatError("a LoRA adapter needs a split backbone (GRAFT_SPLIT_LAYERS > 0) to serve it")
     return Adapter(config=config, tensors=tensors, version=version)
 
 

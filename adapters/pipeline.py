@@ -9,7 +9,7 @@ the head with early stopping -> evaluate -> negative-transfer guard decides prom
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,8 +17,10 @@ import numpy as np
 from adapters import zero_shot
 from adapters.evaluation import evaluate, stratified_split
 from adapters.format import Adapter, AdapterConfig, encode
+from adapters.deep import LoraParams, train_lora
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone
+from models.split import TARGET_NAMES
 from models.base import ItemError
 
 
@@ -95,12 +97,20 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     }
     if active is not None:
         index = {label: i for i, label in enumerate(labels)}
-        active_pred = active.predict_proba(x_val).argmax(1)
+        active_x = x_val if active.lora is None else backbone.embed_deep(  # type: ignore[attr-defined]
+            [keys[i] for i in val_idx], [active.lora] * len(val_idx)).vectors
+        active_pred = active.predict_proba(active_x).argmax(1)
         baselines["active"] = evaluate(y_val, np.array([index.get(active.labels[q], -1) for q in active_pred]), labels)
         baselines["active"]["version"] = active.version
+    lora = params.get("method") == "lora"
     init = None
     if p.continual and active is not None:
-        init = continual_init(p.head, labels, active.labels, active.config.head, active.tensors, zs_tensors["weight"])
+        init = continual_init("linear" if lora else p.head, labels, active.labels, active.config.head,
+                              active.tensors, zs_tensors["weight"])
+    if lora:
+        return _train_lora(backbone, params, keys, y, labels, train_idx, val_idx, baselines, active,
+                           init if p.continual else None,
+                           report=report, promote_margin=promote_margin, job_id=job_id)
 
     def on_epoch(r: EpochReport) -> bool:
         report.progress(0.2 + 0.75 * r.epoch / p.epochs)
@@ -127,6 +137,83 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     )
     config, weights = encode(config, trained.tensors)
     return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
+
+
+def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
+    """The LoRA recipe from a job's params, the unset ones at their defaults; InvalidParams
+    when they do not fit this backbone."""
+    offered = shape.layers - shape.split
+    layers = params.get("lora_layers") or offered
+    if layers > offered:
+        raise InvalidParams(f"lora_layers {layers}: this backbone adapts at most its top {offered} layers "
+                            "(GRAFT_SPLIT_LAYERS)")
+    rank = int(params.get("lora_rank") or 8)
+    names = params.get("lora_targets") or list(TARGET_NAMES)
+    given = {k: params[k] for k in ("epochs", "batch_size", "lr", "patience", "weight_decay", "warmup_fraction",
+                                    "seed", "layer_decay") if params.get(k) is not None}
+    return LoraParams(rank=rank, alpha=float(params.get("lora_alpha") or 2 * rank), layers=layers,
+                      targets=tuple(TARGET_NAMES[n] for n in names), **given)
+
+
+def _train_lora(backbone: Any, params: dict[str, Any], keys: list[str], y: np.ndarray, labels: list[str],
+                train_idx: np.ndarray, val_idx: np.ndarray, baselines: dict[str, Any], active: Adapter | None,
+                head_init: dict[str, np.ndarray] | None, *,
+                report: Reporter, promote_margin: float, job_id: str) -> Outcome:
+    """LoRA on the top layers: hidden states from the serving lower graph, the factors and a
+    head trained in torch (adapters/deep.py), evaluated through the serving upper graph.
+    Continual (`head_init` given): from the active version's head, and from its factors too
+    when it is a LoRA version of the same recipe."""
+    shape = backbone.split_shape
+    if backbone.kind != "text" or shape is None:
+        raise InvalidParams(f"method lora needs a text backbone split for deep adapters; {backbone.id!r} is not "
+                            "(GRAFT_SPLIT_LAYERS > 0, text backbones)")
+    p = lora_params(params, shape)
+    hidden = backbone.hidden_states(keys)
+    report.progress(0.2)
+    report.event("hidden_states", {"examples": len(keys), "split": shape.split, "layers": p.layers})
+
+    def on_epoch(r: EpochReport) -> bool:
+        report.progress(0.2 + 0.75 * r.epoch / p.epochs)
+        report.event("epoch", {"epoch": r.epoch, "train_loss": round(r.train_loss, 5),
+                               "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
+        return report.cancelled()
+
+    factors_init = None
+    if head_init is not None and active is not None and active.lora is not None and active.config.lora and all(
+            active.config.lora.get(k) == v for k, v in (("rank", p.rank), ("layers", p.layers), ("split", shape.split))):
+        factors_init = active.lora
+    trained = train_lora(backbone.upper_module(), shape, [hidden[i] for i in train_idx], y[train_idx],
+                         [hidden[i] for i in val_idx], y[val_idx], labels, p, on_epoch=on_epoch,
+                         head_init=head_init, factors_init=factors_init)
+    # Evaluated as it will serve: the ORT upper graph with these factors, then the head.
+    served = backbone.embed_deep([keys[i] for i in val_idx], [trained.factors] * len(val_idx)).vectors
+    tensors = {**trained.head, **{f"lora_{ab}.{key}": m for key, (a, b) in trained.factors.factors.items()
+                                  for ab, m in (("a", a), ("b", b))}}
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels),
+                    trained.head)
+    metrics = {**evaluate(y[val_idx], probe.predict_proba(served).argmax(1), labels),
+               "baselines": {k: _summary(v) for k, v in baselines.items()}}
+    report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+                                "baselines": metrics["baselines"]})
+    promote, reason = decide(metrics, baselines.get("active"), promote_margin)
+    recipe = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
+              "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
+    config = AdapterConfig(
+        backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head="linear", labels=labels,
+        metrics=metrics, method="lora", lora=recipe,
+        training={"method": "lora", "job_id": job_id, "params": {**asdict(p), "targets": recipe["targets"]},
+                  "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
+                  "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+                  "continual_from": active.version if head_init is not None and active else None,
+                  "factors_from_active": factors_init is not None},
+        parent_version=active.version if active else None,
+    )
+    config, weights = encode(config, tensors)
+    return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
+
+
+class InvalidParams(ValueError):
+    """The job's params do not fit its backbone (the API checks first; the worker again)."""
 
 
 def decide(metrics: dict[str, Any], active: dict[str, Any] | None, margin: float) -> tuple[bool, str]:

@@ -124,6 +124,7 @@ class VersionInfo:
     created_at: str
     active: bool
     config: AdapterConfig
+    bytes: int = 0  # size of the weights (head, and LoRA factors)
 
 
 @dataclass(frozen=True)
@@ -291,13 +292,13 @@ class Registry:
         with self.session() as s:
             row = self._adapter(s, tenant, adapter)
             versions = s.execute(
-                select(VersionRow.version, VersionRow.config, VersionRow.created_at)
+                select(VersionRow.version, VersionRow.config, VersionRow.created_at, func.length(VersionRow.weights))
                 .where(VersionRow.tenant_id == tenant, VersionRow.adapter == adapter)
                 .order_by(VersionRow.version)
             ).all()
             return [
-                VersionInfo(v, utc(created).isoformat(), v == row.active_version, AdapterConfig.from_json(cfg))
-                for v, cfg, created in versions
+                VersionInfo(v, utc(created).isoformat(), v == row.active_version, AdapterConfig.from_json(cfg), size)
+                for v, cfg, created, size in versions
             ]
 
     def active(self, tenant: str, adapter: str) -> tuple[StoredVersion, list[int]]:

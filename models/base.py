@@ -47,6 +47,11 @@ class Backbone(ABC):
         image: the decoded, cropped pixels), or raise ItemError saying what is wrong.
         Decoding can be slow: call it off the event loop for images."""
 
+    @property
+    def split_shape(self) -> Any:
+        """Where deep adapters attach (models/split.SplitShape), or None: head-only."""
+        return None
+
     def check(self, item: Any) -> None:
         """Check one raw item cheaply (ItemError if it cannot be used), without the cost of
         `prepare` where that is high: an image backbone reads only the header."""

@@ -89,6 +89,25 @@ def ensure_artifact(spec: BackboneSpec, precision: str, home: Path) -> Path:
     return target
 
 
+def ensure_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path]:
+    """Paths of the lower and upper fp32 graphs of a text backbone split at `shape.split`
+    (models/split.py), exporting them when missing."""
+    from models.split import SPLIT_SETTINGS, export_split
+
+    folder = artifact_dir(spec, home)
+    tag = f"s{shape.split}-v{SPLIT_SETTINGS['format']}"
+    lower, upper = folder / f"lower-{tag}.onnx", folder / f"upper-{tag}.onnx"
+    if lower.is_file() and upper.is_file():
+        return lower, upper
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".lock"):
+        if not (lower.is_file() and upper.is_file()):
+            log.info("exporting %s split at layer %d (deep adapters)", spec.id, shape.split)
+            with atomic_write(lower) as tmp_lower, atomic_write(upper) as tmp_upper:
+                export_split(spec, shape, tmp_lower, tmp_upper)
+    return lower, upper
+
+
 def _build(spec: BackboneSpec, precision: str, folder: Path) -> None:
     raw = folder / "raw.onnx"
     if not raw.is_file():

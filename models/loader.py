@@ -26,8 +26,11 @@ def load_backbone(
     provider: str = "auto",
     intra_op_threads: int = 0,
     image_limits: ImageLimits | None = None,
+    split_layers: int = 0,
 ) -> Backbone:
-    from models.text import TextBackbone
+    """`split_layers`: text backbones also load their lower and upper graphs split below
+    that many top layers, for deep (LoRA) adapters; 0: head-only."""
+    from models.text import SplitRunner, TextBackbone
 
     spec = resolve_spec(name)
     ort_provider = choose_provider(provider)
@@ -44,7 +47,16 @@ def load_backbone(
     if spec.kind == "image":
         backbone = ImageBackbone(spec, runner, image_limits)
     else:
-        backbone = TextBackbone(spec, runner)
+        split = None
+        if split_layers:
+            from models.export import ensure_split
+            from models.split import split_shape
+
+            shape = split_shape(spec, split_layers)
+            lower, upper = ensure_split(spec, shape, home)
+            split = SplitRunner(shape, OrtRunner(lower, ort_provider, "fp32", intra_op_threads),
+                                OrtRunner(upper, ort_provider, "fp32", intra_op_threads))
+        backbone = TextBackbone(spec, runner, split)
     backbone.int8 = int8.describe() if int8 else None
     log.info(
         "backbone %s ready: dim=%d provider=%s precision=%s runtime=%s fingerprint=%s",

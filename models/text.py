@@ -9,6 +9,7 @@ import numpy as np
 from models.base import Backbone, EmbedResult, ItemError
 from models.catalog import BackboneSpec
 from models.runtime import OrtRunner
+from models.split import LoraFactors, SplitShape, stack_factors
 
 
 class Tokenizer:
@@ -41,10 +42,19 @@ def load_tokenizer(spec: BackboneSpec) -> Tokenizer:
     return Tokenizer(path, spec.max_tokens)
 
 
+class SplitRunner:
+    """The lower and upper fp32 graphs of a split backbone (models/split.py)."""
+
+    def __init__(self, shape: SplitShape, lower: OrtRunner, upper: OrtRunner) -> None:
+        self.shape, self.lower, self.upper = shape, lower, upper
+
+
 class TextBackbone(Backbone):
     kind = "text"
 
-    def __init__(self, spec: BackboneSpec, runner: OrtRunner) -> None:
+    def __init__(self, spec: BackboneSpec, runner: OrtRunner, split: SplitRunner | None = None) -> None:
+        self.spec = spec
+        self.split = split  # None: head-only adapters
         self.id = spec.id
         self.fingerprint = spec.fingerprint
         self.max_tokens = spec.max_tokens
@@ -68,6 +78,62 @@ class TextBackbone(Backbone):
             kind = "an image" if isinstance(item, (bytes, bytearray, memoryview)) else type(item).__name__
             raise ItemError(f"backbone {self.id!r} embeds text: send a string, not {kind}")
         return item
+
+    @property
+    def split_shape(self) -> SplitShape | None:
+        return self.split.shape if self.split else None
+
+    def embed_deep(self, items: list[str], factors: list[LoraFactors | None]) -> EmbedResult:
+        """Embed through the split graphs, each row with its own LoRA factors (None: none):
+        one lower and one upper call per sub-batch, whatever the mix of adapters."""
+        if self.split is None:
+            raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
+        ids, mask, truncated = self._tokenizer.encode(items)
+        lengths = mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        ids, mask, lengths = ids[order], mask[order], lengths[order]
+        rows_per_call = 8 if self.provider == "CPUExecutionProvider" else 256
+        chunks, start = [], 0
+        for stop in _split_by_padding(lengths, rows_per_call):
+            width = int(lengths[start:stop].max())
+            hidden = self.split.lower.run(ids[start:stop, :width], mask[start:stop, :width])
+            lora = stack_factors(self.split.shape, [factors[i] for i in order[start:stop]])
+            chunks.append(self.split.upper.run(hidden, mask[start:stop, :width], *lora))
+            start = stop
+        out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
+        out[order] = np.concatenate(chunks)
+        return EmbedResult(vectors=out, truncated=list(truncated), calls=2 * len(chunks))
+
+    def hidden_states(self, texts: list[str], rows_per_call: int = 16) -> list[np.ndarray]:
+        """The lower graph's output per text, (tokens, hidden) each: what training feeds the
+        upper layers (computed once per example with the graph that serves)."""
+        if self.split is None:
+            raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
+        out: list[np.ndarray] = [np.empty(0)] * len(texts)
+        ids, mask, _ = self._tokenizer.encode(texts)
+        lengths = mask.sum(1)
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(texts), rows_per_call):
+            rows = order[start : start + rows_per_call]
+            width = int(lengths[rows].max())
+            hidden = self.split.lower.run(ids[rows, :width], mask[rows, :width])
+            for j, i in enumerate(rows):
+                out[i] = hidden[j, : lengths[i]].copy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.split is not None:
+            shape = self.split.shape
+            out["deep_adapters"] = {"methods": ["lora"], "layers": shape.layers - shape.split, "split": shape.split}
+        return out
+
+    def upper_module(self):  # -> torch.nn.Module (torch imported lazily)
+        """The upper layers in torch (frozen, pretrained weights), for training deep adapters."""
+        from models.split import build_modules
+
+        assert self.split is not None
+        return build_modules(self.spec, self.split.shape)[1]
 
     def embed(self, items: list[Any]) -> EmbedResult:
         if not items:

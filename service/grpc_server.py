@@ -103,7 +103,8 @@ def _version(v: VersionInfo) -> pb.VersionDetail:
     return pb.VersionDetail(
         version=v.version, active=v.active, created_at=v.created_at, backbone=c.backbone, head=c.head,
         labels=c.labels, metrics_json=json.dumps(c.metrics), training_json=json.dumps(c.training),
-        parent_version=c.parent_version or 0,
+        parent_version=c.parent_version or 0, method=c.method, lora_json=json.dumps(c.lora) if c.lora else "",
+        bytes=v.bytes,
     )
 
 
@@ -155,7 +156,8 @@ class GraftServicer(pb_grpc.GraftServicer):
 
     @rpc
     async def FineTune(self, request: pb.FineTuneRequest, who: Principal) -> pb.Job:
-        params = {f.name: value for f, value in request.params.ListFields()} if request.HasField("params") else {}
+        params = {f.name: value if isinstance(value, (str, bytes, int, float, bool)) else list(value)  # repeated
+                  for f, value in request.params.ListFields()} if request.HasField("params") else {}
         body = FinetuneRequest(
             tenant=request.tenant, adapter=request.adapter or "default", backbone=request.backbone or None,
             examples=[{"image": image_text(e.image), "label": e.label} if e.image else {"text": e.text, "label": e.label}

@@ -256,7 +256,8 @@ async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
     return VersionList(tenant=tenant, adapter=adapter, versions=[
         VersionDetail(
             version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
-            head=v.config.head, labels=v.config.labels, metrics=v.config.metrics,
+            head=v.config.head, method=v.config.method, lora=v.config.lora, bytes=v.bytes,
+            labels=v.config.labels, metrics=v.config.metrics,
             training=v.config.training, parent_version=v.config.parent_version,
         )
         for v in versions

@@ -43,13 +43,36 @@ class Row:
     scores: np.ndarray | None
 
 
-def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
-    """One backbone call for the whole batch, then one head call per distinct adapter."""
+def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> list[Row]:
+    """The batch's backbone calls, then one head call per distinct adapter.
+
+    Rows of head-only adapters (and plain embeddings) share the backbone's graph; rows of
+    LoRA adapters share the split graphs, each row with its own factors, at most
+    `max_loras` distinct adapters per call (tenants mixed freely within that)."""
     started = time.perf_counter()
-    result = backbone.embed([w.item for w in work])
+    deep = [i for i, w in enumerate(work) if w.head is not None and w.head.lora is not None]
+    if not deep:
+        result = backbone.embed([w.item for w in work])
+        vectors, truncated, calls = result.vectors, result.truncated, result.calls
+    else:
+        vectors = np.empty((len(work), backbone.dim), dtype=np.float32)
+        truncated, calls = [False] * len(work), 0
+        plain = [i for i in range(len(work)) if i not in set(deep)]
+        parts = [(plain, None)] if plain else []
+        parts += [(rows, "deep") for rows in _by_adapters(work, deep, max_loras)]
+        for rows, kind in parts:
+            items = [work[i].item for i in rows]
+            if kind is None:
+                result = backbone.embed(items)
+            else:
+                result = backbone.embed_deep(items, [work[i].head.lora for i in rows])  # type: ignore[attr-defined, union-attr]
+            vectors[rows] = result.vectors
+            for i, t in zip(rows, result.truncated):
+                truncated[i] = t
+            calls += result.calls
     heads_started = time.perf_counter()
     metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
-    metrics.backbone_ort_calls.labels(backbone.id).inc(result.calls)
+    metrics.backbone_ort_calls.labels(backbone.id).inc(calls)
     scores: list[np.ndarray | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}
     for i, w in enumerate(work):
@@ -58,11 +81,25 @@ def backbone_pass(backbone: Backbone, work: list[Work]) -> list[Row]:
     for rows in groups.values():
         head = work[rows[0]].head
         assert head is not None
-        for i, p in zip(rows, head.predict_proba(result.vectors[rows])):
+        for i, p in zip(rows, head.predict_proba(vectors[rows])):
             scores[i] = p
     if groups:
         metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
-    return [Row(result.vectors[i], result.truncated[i], scores[i]) for i in range(len(work))]
+    return [Row(vectors[i], truncated[i], scores[i]) for i in range(len(work))]
+
+
+def _by_adapters(work: list[Work], rows: list[int], max_loras: int) -> list[list[int]]:
+    """`rows` cut into groups of at most `max_loras` distinct adapters each."""
+    groups: list[list[int]] = [[]]
+    seen: set[int] = set()
+    for i in sorted(rows, key=lambda i: id(work[i].head)):
+        key = id(work[i].head)
+        if key not in seen and len(seen) == max_loras:
+            groups.append([])
+            seen = set()
+        seen.add(key)
+        groups[-1].append(i)
+    return groups
 
 
 @dataclass(frozen=True)
@@ -132,7 +169,7 @@ class Inference:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
-                    image_limits=s.image_limits(),
+                    image_limits=s.image_limits(), split_layers=s.split_layers,
                 )
             except Exception as e:
                 # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.
@@ -146,7 +183,7 @@ class Inference:
         self.backbones[backbone.id] = backbone
         self._batchers[backbone.id] = MicroBatcher(
             backbone.id,
-            lambda work, b=backbone: backbone_pass(b, work),
+            lambda work, b=backbone: backbone_pass(b, work, self.settings.max_loras_per_batch),
             max_size=self.settings.batch_max_size,
             max_wait_s=self.settings.batch_max_wait_ms / 1000,
             on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
@@ -197,7 +234,10 @@ class Inference:
 
     def _backbone_ref(self, name: str) -> BackboneRef | None:
         b = self.backbones.get(name)
-        return BackboneRef(b.fingerprint, b.dim) if b else None
+        if b is None:
+            return None
+        shape = b.split_shape
+        return BackboneRef(b.fingerprint, b.dim, shape.split if shape else None)
 
     async def prepare_items(self, backbone: Backbone, items: list[Any]) -> list[Any]:
         """Items checked and made ready for the backbone (images decoded, off the event

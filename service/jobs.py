@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from adapters.jobs import Job, JobQueue
+from adapters.pipeline import InvalidParams, lora_params
 from adapters.registry import Registry
 from service.errors import InvalidInput, NotFound
 from service.inference import Inference
@@ -29,6 +30,17 @@ class Jobs:
         model = self.inference.backbone(backbone)
         if params.get("augment") and model.kind != "image":
             raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
+        if params.get("method") == "lora":
+            if model.split_shape is None:
+                raise InvalidInput(
+                    f"method lora needs a text backbone split for deep adapters; {model.id!r} is "
+                    + ("an image backbone: use method head" if model.kind == "image"
+                       else "not split (GRAFT_SPLIT_LAYERS is 0): use method head"),
+                    {"methods": ["head"]})
+            try:
+                lora_params(params, model.split_shape)
+            except InvalidParams as e:
+                raise InvalidInput(str(e)) from None
         clean = await asyncio.to_thread(
             check_examples, examples, kind=model.kind, check=model.check,
             max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,

@@ -169,6 +169,9 @@ class VersionDetail(BaseModel):
     created_at: str
     backbone: str
     head: str
+    method: str = Field(description="head, or lora (factors of the top layers too)")
+    lora: dict[str, object] | None = Field(description="lora: rank, alpha, layers, split, targets")
+    bytes: int = Field(description="size of the version's weights")
     labels: list[str]
     metrics: dict[str, object]
     training: dict[str, object]
@@ -202,13 +205,25 @@ class FinetuneParams(_Strict):
 
     head: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
-    epochs: int = Field(100, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(1e-2, gt=0, le=1)
+    method: Literal["head", "lora"] = Field(
+        "head", description="head: a head on the frozen backbone's vectors; lora: LoRA factors of the top layers "
+                            "and a head, trained together (text backbones split for deep adapters; see /readyz)")
+    lora_rank: int = Field(8, ge=1, le=64, description="lora: rank of the factors")
+    lora_alpha: float | None = Field(None, gt=0, le=1024, description="lora: scale numerator (default 2 x rank)")
+    lora_layers: int | None = Field(
+        None, ge=1, le=64, description="lora: top layers adapted (default: all the backbone's split offers)")
+    lora_targets: list[Literal["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]] | None = Field(
+        None, min_length=1, description="lora: projections adapted (default: all six)")
+    layer_decay: float = Field(
+        0.8, gt=0, le=1, description="lora: discriminative learning rates, each lower layer learns this much slower")
+    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 6 (lora)")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora)")
+    lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the factors")
     weight_decay: float = Field(1e-2, ge=0, le=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=0.5)
-    patience: int = Field(15, ge=1, le=1000, description="epochs without a better validation macro-F1")
+    patience: int | None = Field(
+        None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 2 lora)")
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")

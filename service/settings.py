@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     )
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
+    split_layers: int = Field(
+        2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA) adapters adapt, served from "
+                                    "split lower/upper graphs; 0 = head adapters only")
+    max_loras_per_batch: int = Field(
+        32, ge=1, description="distinct LoRA adapters in one upper-graph call (as vLLM's max_loras)")
 
     host: str = "127.0.0.1"
     port: int = 3000

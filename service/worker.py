@@ -16,7 +16,7 @@ import time
 from adapters.format import Adapter, AdapterFormatError, decode
 from adapters.jobs import Claimed, JobQueue, LeaseLost, worker_id
 from adapters.lease import LeaseKeeper
-from adapters.pipeline import InvalidExample, train_version
+from adapters.pipeline import InvalidExample, InvalidParams, train_version
 from adapters.registry import AdapterDeleted, NotFoundError, Registry, default_url
 from adapters.training import Cancelled
 from models import Backbone, load_backbone
@@ -121,6 +121,8 @@ class Worker:
             )
         except InvalidExample as e:
             raise TrainingError("invalid_example", str(e)) from e
+        except InvalidParams as e:
+            raise TrainingError("invalid_params", str(e)) from e
         try:
             version = self.queue.publish(
                 claim, outcome.config, outcome.weights, promote=outcome.promote, metrics=outcome.metrics,
@@ -143,7 +145,7 @@ class Worker:
             try:
                 self._backbones[backbone_id] = load_backbone(
                     name, s.home, precision=s.precision, provider=s.provider,
-                    intra_op_threads=s.train_threads, image_limits=s.image_limits())
+                    intra_op_threads=s.train_threads, image_limits=s.image_limits(), split_layers=s.split_layers)
             except Exception as e:
                 log.exception("backbone %s cannot be loaded", name)
                 raise TrainingError("backbone_unavailable",
@@ -155,7 +157,9 @@ class Worker:
             stored, _ = self.registry.active(tenant, adapter)
             if stored.authentic is False:  # as the serving cache does: never train on a forged head
                 raise AdapterFormatError("its signature does not verify")
+            shape = backbone.split_shape
             return decode(stored.config, stored.weights, fingerprint=backbone.fingerprint, dim=backbone.dim,
+                          split=shape.split if shape else None,
                           version=stored.version)
         except NotFoundError:
             return None

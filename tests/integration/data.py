@@ -63,3 +63,29 @@ def split() -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
     train = [{"text": t, "label": label} for label, texts in TICKETS.items() for t in texts[:10]]
     held_out = [(t, label) for label, texts in TICKETS.items() for t in texts[10:]]
     return train, held_out
+
+
+# A task a head on frozen vectors cannot learn and deeper adaptation can: the label is the
+# XOR of two things a sentence encoder represents well (topic: food or a device; sentiment),
+# so a linear head on their (nearly additive) vectors stays near chance, while LoRA on the
+# top layers can learn the interaction. Held-out subjects are never trained on.
+FOOD = ["the soup", "the pizza", "the coffee", "the cake", "the meal", "the salad", "the burger", "the pasta",
+        "the bread", "the curry", "the sushi", "the tea"]
+DEVICES = ["the laptop", "the phone", "the app", "the printer", "the router", "the camera", "the monitor",
+           "the keyboard", "the tablet", "the charger", "the speaker", "the watch"]
+PRAISE = ["was wonderful", "was excellent", "worked perfectly", "was a delight", "exceeded my hopes"]
+BLAME = ["was awful", "was terrible", "broke down", "was a disaster", "let me down"]
+
+
+def xor_split() -> tuple[list[dict[str, str]], list[tuple[str, str]]]:
+    """(training examples: 8 subjects of each topic, held-out (text, label): 4 of each)."""
+    def make(food: list[str], devices: list[str]) -> list[tuple[str, str]]:
+        rows = []
+        for subject in food:
+            rows += [(f"{subject} {p}", "a") for p in PRAISE] + [(f"{subject} {b}", "b") for b in BLAME]
+        for subject in devices:
+            rows += [(f"{subject} {p}", "b") for p in PRAISE] + [(f"{subject} {b}", "a") for b in BLAME]
+        return rows
+
+    train = [{"text": t, "label": label} for t, label in make(FOOD[:8], DEVICES[:8])]
+    return train, make(FOOD[8:], DEVICES[8:])

@@ -1,0 +1,191 @@
+"""Deep adapters: LoRA on the top layers of a split text backbone (models/split.py), trained
+with PEFT on hidden states the serving lower graph computed once per example.
+
+Recipe (LP-FT): a linear head is first fitted on the frozen upper layers' vectors, then the
+LoRA factors of the top layers and the head are trained together with AdamW, warmup and
+cosine decay, class weights, discriminative learning rates (each lower layer's factors learn
+`layer_decay` times slower than the layer above; the head fastest) and early stopping on
+validation macro-F1. The factors leave as (A, B) pairs with the LoRA scale folded into B,
+the form the upper ONNX graph takes per row.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from adapters.evaluation import evaluate
+from adapters.training import Cancelled, EpochReport, TrainParams, train_head
+from models.split import TARGETS, LoraFactors, SplitShape
+
+MAX_RANK = 64
+
+
+@dataclass(frozen=True)
+class LoraParams:
+    rank: int = 8
+    alpha: float = 16.0
+    layers: int = 2  # top layers adapted (the backbone's split)
+    targets: tuple[str, ...] = TARGETS
+    dropout: float = 0.1
+    lr: float = 2e-3  # the top layer's factors
+    layer_decay: float = 0.8  # discriminative learning rates: each layer below learns this much slower
+    head_lr: float = 1e-2
+    epochs: int = 6
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    patience: int = 2
+    seed: int = 0
+
+
+@dataclass
+class TrainedLora:
+    factors: LoraFactors
+    head: dict[str, np.ndarray]
+    epochs_run: int
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _batches(hidden: list[np.ndarray], idx: np.ndarray) -> tuple[Any, Any]:
+    """Pad the rows' hidden states (T_i, H) to one (B, T, H) tensor and its 0/1 mask."""
+    import torch
+
+    width = max(hidden[i].shape[0] for i in idx)
+    h = np.zeros((len(idx), width, hidden[idx[0]].shape[1]), dtype=np.float32)
+    m = np.zeros((len(idx), width), dtype=np.int64)
+    for row, i in enumerate(idx):
+        h[row, : hidden[i].shape[0]] = hidden[i]
+        m[row, : hidden[i].shape[0]] = 1
+    return torch.from_numpy(h), torch.from_numpy(m)
+
+
+def _vectors(upper: Any, hidden: list[np.ndarray], batch: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(hidden), batch):
+            h, m = _batches(hidden, np.arange(i, min(i + batch, len(hidden))))
+            out.append(upper(h, m).numpy())
+    return np.concatenate(out)
+
+
+def train_lora(
+    upper: Any, shape: SplitShape, hidden_train: list[np.ndarray], y_train: np.ndarray,
+    hidden_val: list[np.ndarray], y_val: np.ndarray, labels: list[str], p: LoraParams,
+    *, on_epoch: Callable[[EpochReport], bool] = lambda report: False,
+    head_init: dict[str, np.ndarray] | None = None, factors_init: LoraFactors | None = None,
+) -> TrainedLora:
+    """Train LoRA factors for `upper` (the torch upper layers, frozen) and a linear head;
+    continual training starts from `head_init` (else a linear probe) and `factors_init`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(p.seed)
+    k = len(labels)
+    if head_init is None:  # linear probe first: the head starts where a head-only adapter ends
+        x_train, x_val = _vectors(upper, hidden_train), _vectors(upper, hidden_val)
+        head_init = train_head(x_train, y_train, x_val, y_val, labels, TrainParams(seed=p.seed, patience=10)).tensors
+
+    n = len(shape.upper_layers)
+    adapted = "|".join(str(i) for i in range(n - p.layers, n))  # the top p.layers of the upper graph
+    pattern = rf"layers\.({adapted})\.(" + "|".join(re.escape(t) for t in p.targets) + r")"
+    model = get_peft_model(upper, LoraConfig(r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout,
+                                             target_modules=pattern, bias="none"))
+    head = torch.nn.Linear(shape.hidden, k)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(head_init["weight"]))
+        head.bias.copy_(torch.from_numpy(head_init["bias"]))
+        if factors_init is not None:
+            _load_factors(model, shape, factors_init)
+    groups: list[dict[str, Any]] = [{"params": list(head.parameters()), "lr": p.head_lr}]
+    top = len(shape.upper_layers) - 1
+    for i in range(len(shape.upper_layers)):
+        params = [t for n, t in model.named_parameters() if t.requires_grad and f"layers.{i}." in n]
+        groups.append({"params": params, "lr": p.lr * p.layer_decay ** (top - i)})
+    optimizer = torch.optim.AdamW(groups, weight_decay=p.weight_decay)
+    steps = max(1, math.ceil(len(y_train) / p.batch_size)) * p.epochs
+    warmup = max(1, int(steps * p.warmup_fraction))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup))))
+    counts = np.bincount(y_train, minlength=k).astype(np.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.from_numpy(len(y_train) / (k * np.maximum(counts, 1))))
+    generator = np.random.default_rng(p.seed)
+    yt = torch.from_numpy(y_train.astype(np.int64))
+
+    def evaluate_val() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            logits = head(torch.from_numpy(_vectors(model, hidden_val)))
+            loss = float(loss_fn(logits, torch.from_numpy(y_val.astype(np.int64))))
+        return evaluate(y_val, logits.argmax(1).numpy(), labels)["macro_f1"], loss
+
+    best_f1, _ = evaluate_val()
+    best_state = _state(model, head, shape)  # the probe alone, if no epoch beats it
+    best_epoch, since, history, epoch = 0, 0, [], 0
+    for epoch in range(1, p.epochs + 1):
+        model.train()
+        order = generator.permutation(len(y_train))
+        total = 0.0
+        for i in range(0, len(order), p.batch_size):
+            idx = order[i : i + p.batch_size]
+            h, m = _batches(hidden_train, idx)
+            optimizer.zero_grad()
+            loss = loss_fn(head(model(h, m)), yt[idx])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss) * len(idx)
+        f1, val_loss = evaluate_val()
+        history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss, "val_macro_f1": f1})
+        if on_epoch(EpochReport(epoch, total / len(order), val_loss, f1)):
+            raise Cancelled()
+        if f1 > best_f1 + 1e-9:
+            best_f1, best_epoch, since = f1, epoch, 0
+            best_state = _state(model, head, shape)
+        else:
+            since += 1
+            if since >= p.patience:
+                break
+    factors, head_tensors = best_state
+    return TrainedLora(factors, head_tensors, epoch, best_epoch, history)
+
+
+def _lora_modules(model: Any, shape: SplitShape) -> dict[str, Any]:
+    """PEFT's LoRA layers by "<absolute layer>.<target>"."""
+    out = {}
+    for name, module in model.named_modules():
+        if not hasattr(module, "lora_A") or "default" not in getattr(module, "lora_A", {}):
+            continue
+        match = re.search(r"layers\.(\d+)\.(.+)$", name)
+        assert match is not None, name
+        out[f"{shape.split + int(match.group(1))}.{match.group(2)}"] = module
+    return out
+
+
+def _load_factors(model: Any, shape: SplitShape, factors: LoraFactors) -> None:
+    """Start from an earlier version's factors (the inverse of `_state`)."""
+    import torch
+
+    for key, module in _lora_modules(model, shape).items():
+        if key in factors.factors:
+            a, b = factors.factors[key]
+            module.lora_A["default"].weight.copy_(torch.from_numpy(a.T.copy()))
+            module.lora_B["default"].weight.copy_(torch.from_numpy((b / module.scaling["default"]).T.copy()))
+
+
+def _state(model: Any, head: Any, shape: SplitShape) -> tuple[LoraFactors, dict[str, np.ndarray]]:
+    """The factors as the upper graph takes them: A = W_A^T, B = W_B^T · scale."""
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key, module in _lora_modules(model, shape).items():
+        a = module.lora_A["default"].weight.detach().numpy().T.copy()
+        b = (module.lora_B["default"].weight.detach().numpy().T * module.scaling["default"]).copy()
+        factors[key] = (a.astype(np.float32), b.astype(np.float32))
+    head_tensors = {"weight": head.weight.detach().numpy().copy(), "bias": head.bias.detach().numpy().copy()}
+    return LoraFactors(factors), head_tensors

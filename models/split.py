@@ -1,0 +1,233 @@
+"""Split-point text backbones: the frozen lower layers and the adaptable upper layers as two
+ONNX graphs, so that deep adapters (LoRA on the top layers) serve many tenants in one call.
+
+    lower: input_ids, attention_mask -> hidden (B, T, H)       embeddings + layers [0, split)
+    upper: hidden, attention_mask, lora_a.<l>.<target> (B, d_in, r), lora_b.<l>.<target> (B, r, d_out)
+           -> embeddings (B, H), pooled and L2-normalised       layers [split, n)
+
+Each adapted projection of the upper layers adds `x · A_row · B_row` to its frozen output,
+where A_row and B_row are that row's own LoRA factors (the scale alpha/r folded into B):
+a batched MatMul in ONNX, Punica's gather-matmul idea. Rows without LoRA carry zeros, and
+the rank axis is dynamic (a batch pads to its largest rank with zero columns, which adds
+nothing). Both graphs run in fp32: no activation scale is shared across rows, so a row's
+vector never depends on its batch-mates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.catalog import BackboneSpec
+
+# The projections of a BERT layer LoRA may adapt (PEFT's module names inside BertLayer).
+TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+           "intermediate.dense", "output.dense")
+# The names the API takes for them.
+TARGET_NAMES = {"query": TARGETS[0], "key": TARGETS[1], "value": TARGETS[2], "attention_output": TARGETS[3],
+                "ffn_in": TARGETS[4], "ffn_out": TARGETS[5]}
+SPLIT_SETTINGS: dict[str, Any] = {"format": 1, "opset": 17}
+
+
+@dataclass(frozen=True)
+class SplitShape:
+    """Where a backbone is split and what its upper graph takes."""
+
+    layers: int  # transformer layers in all
+    split: int  # first adapted layer: upper = layers [split, layers)
+    hidden: int
+    intermediate: int
+
+    @property
+    def upper_layers(self) -> list[int]:
+        return list(range(self.split, self.layers))
+
+    def dims(self, target: str) -> tuple[int, int]:
+        """(d_in, d_out) of a target projection."""
+        if target == "intermediate.dense":
+            return self.hidden, self.intermediate
+        if target == "output.dense":
+            return self.intermediate, self.hidden
+        return self.hidden, self.hidden
+
+    def inputs(self) -> list[str]:
+        """The LoRA input names of the upper graph, in order (after hidden, attention_mask)."""
+        return [f"lora_{ab}.{layer}.{t}" for layer in self.upper_layers for t in TARGETS for ab in "ab"]
+
+
+def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True)
+    n = int(config.num_hidden_layers)
+    if not 1 <= top_layers <= n:
+        raise ValueError(f"backbone {spec.id!r} has {n} layers: adapt between 1 and {n} of them")
+    return SplitShape(n, n - top_layers, int(config.hidden_size), int(config.intermediate_size))
+
+
+def extended_mask(mask: Any) -> Any:
+    """BERT's additive attention mask (B, 1, 1, T) from a 0/1 mask (B, T)."""
+    import torch
+
+    return (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+
+
+def pool(hidden: Any, mask: Any, pooling: str) -> Any:
+    import torch
+
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+def build_modules(spec: BackboneSpec, shape: SplitShape):  # -> (lower, upper) torch modules
+    """The torch halves of the backbone (frozen, eval), sharing the pretrained weights."""
+    import torch
+
+    from models.export import load_torch_encoder
+
+    encoder = load_torch_encoder(spec).encoder
+
+    class Lower(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embeddings = encoder.embeddings
+            self.layers = torch.nn.ModuleList(encoder.encoder.layer[: shape.split])
+
+        def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
+            hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+            ext = extended_mask(attention_mask)
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask=ext)
+            return hidden
+
+    class Upper(torch.nn.Module):
+        """The top layers; `lora` (set per call) maps "<layer>.<target>" to per-row (A, B)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(encoder.encoder.layer[shape.split :])
+
+        def forward(self, hidden, attention_mask):  # type: ignore[no-untyped-def]
+            ext = extended_mask(attention_mask)
+            for layer in self.layers:
+                hidden = layer(hidden, attention_mask=ext)
+            return pool(hidden, attention_mask, spec.pooling)
+
+    return Lower().eval(), Upper().eval()
+
+
+class BatchedLoRA:
+    """Wraps a frozen nn.Linear: output + x · A · B with per-row factors set before a call."""
+
+    def __init__(self, linear: Any) -> None:
+        self.linear = linear
+        self.a: Any = None
+        self.b: Any = None
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        out = self.linear(x)
+        if self.a is not None:
+            out = out + torch.matmul(torch.matmul(x, self.a), self.b)
+        return out
+
+
+def _attach(upper: Any, shape: SplitShape) -> dict[str, BatchedLoRA]:
+    """Route every target projection of the upper layers through a BatchedLoRA."""
+    wrappers: dict[str, BatchedLoRA] = {}
+    for index, layer in zip(shape.upper_layers, upper.layers):
+        for target in TARGETS:
+            *path, name = target.split(".")
+            parent = layer
+            for part in path:
+                parent = getattr(parent, part)
+            wrapper = BatchedLoRA(getattr(parent, name))
+            parent.__dict__[name] = wrapper  # shadows the registered submodule for forward only
+            wrappers[f"{index}.{target}"] = wrapper
+    return wrappers
+
+
+def export_split(spec: BackboneSpec, shape: SplitShape, lower_out: Path, upper_out: Path) -> None:
+    """Export both halves (fp32, dynamic batch, sequence and rank axes)."""
+    import torch
+
+    from models.text import load_tokenizer
+
+    lower, upper = build_modules(spec, shape)
+    ids, mask, _ = load_tokenizer(spec).encode(["a short sentence", "a somewhat longer example sentence for export"])
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    dyn = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        torch.onnx.export(lower, (ids_t, mask_t), str(lower_out), dynamo=False,
+                          opset_version=SPLIT_SETTINGS["opset"], input_names=["input_ids", "attention_mask"],
+                          output_names=["hidden"],
+                          dynamic_axes={"input_ids": dyn, "attention_mask": dyn, "hidden": dyn})
+        hidden = lower(ids_t, mask_t)
+
+    wrappers = _attach(upper, shape)
+
+    class UpperWithLoRA(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.upper = upper
+
+        def forward(self, hidden, attention_mask, *factors):  # type: ignore[no-untyped-def]
+            for i, key in enumerate(wrappers):
+                wrappers[key].a, wrappers[key].b = factors[2 * i], factors[2 * i + 1]
+            return self.upper(hidden, attention_mask)
+
+    rank = 2
+    factors = []
+    for key in wrappers:
+        d_in, d_out = shape.dims(key.split(".", 1)[1])
+        factors += [torch.zeros(2, d_in, rank), torch.zeros(2, rank, d_out)]
+    names = shape.inputs()
+    axes: dict[str, dict[int, str]] = {"hidden": dyn, "attention_mask": dyn, "embeddings": {0: "batch"}}
+    for name in names:
+        axes[name] = {0: "batch", 2: "rank"} if name.startswith("lora_a") else {0: "batch", 1: "rank"}
+    with torch.no_grad():
+        torch.onnx.export(UpperWithLoRA().eval(), (hidden, mask_t, *factors), str(upper_out), dynamo=False,
+                          opset_version=SPLIT_SETTINGS["opset"], input_names=["hidden", "attention_mask", *names],
+                          output_names=["embeddings"], dynamic_axes=axes)
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One adapter's factors: "<layer>.<target>" -> (A (d_in, r), B (r, d_out)), scale in B."""
+
+    factors: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def rank(self) -> int:
+        return max(a.shape[1] for a, _ in self.factors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self.factors.values())
+
+
+def stack_factors(shape: SplitShape, rows: list[LoraFactors | None]) -> list[np.ndarray]:
+    """The upper graph's LoRA inputs for a batch: each row's factors, zeros where a row has
+    none (or does not adapt a target), padded with zero columns to the batch's largest rank."""
+    rank = max([1, *(r.rank for r in rows if r is not None)])
+    out: list[np.ndarray] = []
+    for layer in shape.upper_layers:
+        for target in TARGETS:
+            d_in, d_out = shape.dims(target)
+            a = np.zeros((len(rows), d_in, rank), dtype=np.float32)
+            b = np.zeros((len(rows), rank, d_out), dtype=np.float32)
+            key = f"{layer}.{target}"
+            for i, row in enumerate(rows):
+                if row is not None and key in row.factors:
+                    fa, fb = row.factors[key]
+                    a[i, :, : fa.shape[1]] = fa
+                    b[i, : fb.shape[0]] = fb
+            out += [a, b]
+    return out

@@ -1,0 +1,122 @@
+"""Deep (LoRA) adapters over HTTP and gRPC against the real server and its worker: a LoRA
+fine-tune beats a head on data a head cannot learn, LoRA and head-only tenants share
+batches without changing each other's answers, versions say what they are, bad
+parameters get 400 saying what is allowed."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+
+import grpc
+import pytest
+
+from service.proto.graft.v1 import graft_pb2 as pb
+from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
+from tests.integration import helpers
+from tests.integration.data import xor_split
+from tests.integration.jobs import wait_job
+
+TRAIN, HELD_OUT = xor_split()
+
+
+def accuracy(client, tenant: str, adapter: str) -> tuple[float, list[dict]]:
+    predictions = []
+    for i in range(0, len(HELD_OUT), 40):  # the test server takes 64 items a request
+        r = client.post("/v1/predict", json={"tenant": tenant, "adapter": adapter,
+                                             "inputs": [t for t, _ in HELD_OUT[i : i + 40]]})
+        assert r.status_code == 200, r.text
+        predictions += r.json()["predictions"]
+    return sum(p["label"] == label for p, (_, label) in zip(predictions, HELD_OUT)) / len(HELD_OUT), predictions
+
+
+@pytest.fixture(scope="module")
+def trained(client):
+    """One tenant with a head adapter and a LoRA adapter fine-tuned on the same examples."""
+    tenant, key = helpers.new_tenant(client, "deep")
+    jobs = {}
+    for adapter, params in (("head", {}), ("lora", {"method": "lora"})):
+        r = client.post("/v1/finetune", json={"tenant": tenant, "adapter": adapter, "examples": TRAIN,
+                                              "params": params})
+        assert r.status_code == 202, r.text
+        jobs[adapter] = r.json()["job_id"]
+    done = {adapter: wait_job(client, job, timeout=300) for adapter, job in jobs.items()}
+    assert all(d["status"] == "succeeded" for d in done.values()), done
+    return tenant, key, done
+
+
+def test_readyz_says_which_backbones_take_deep_adapters(client):
+    backbones = {b["id"]: b for b in client.get("/readyz").json()["backbones"]}
+    assert backbones["minilm-l6"]["deep_adapters"] == {"methods": ["lora"], "layers": 2, "split": 4}
+    assert "deep_adapters" not in backbones["efficientnet-lite0"]
+
+
+def test_a_lora_fine_tune_beats_a_head_where_a_head_cannot_learn(client, trained):
+    tenant, _, _ = trained
+    head, _ = accuracy(client, tenant, "head")
+    lora, _ = accuracy(client, tenant, "lora")
+    assert lora >= 0.85 and lora >= head + 0.15, (lora, head)
+
+
+def test_versions_say_their_method_and_size(client, trained):
+    tenant, _, _ = trained
+    (lora,) = client.get(f"/v1/tenants/{tenant}/adapters/lora/versions").json()["versions"]
+    (head,) = client.get(f"/v1/tenants/{tenant}/adapters/head/versions").json()["versions"]
+    assert lora["method"] == "lora" and lora["lora"]["rank"] == 8 and lora["lora"]["split"] == 4
+    assert head["method"] == "head" and head["lora"] is None
+    assert head["bytes"] < 10_000 < lora["bytes"] <= 512 * 1024
+    assert lora["training"]["method"] == "lora"
+
+
+def test_lora_and_head_tenants_share_batches_without_changing_answers(server, client, trained):
+    """Requests of a LoRA adapter, a head adapter and plain embeddings, all at once: every
+    answer equals the one the same request got alone."""
+    tenant, key, _ = trained
+    _, alone_lora = accuracy(client, tenant, "lora")
+    _, alone_head = accuracy(client, tenant, "head")
+
+    def call(i: int):
+        adapter = ("lora", "head")[i % 2]
+        with server.client(key) as c:
+            return adapter, accuracy(c, tenant, adapter)[1]
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(16)))
+    for adapter, predictions in results:
+        expected = alone_lora if adapter == "lora" else alone_head
+        for got, want in zip(predictions, expected):
+            assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-4
+
+
+def test_lora_over_grpc(server, trained):
+    tenant, key, _ = trained
+    stub = pb_grpc.GraftStub(server.channel(key))
+    out = stub.Predict(pb.PredictRequest(tenant=tenant, adapter="lora", inputs=[t for t, _ in HELD_OUT[:40]]))
+    assert sum(p.label == label for p, (_, label) in zip(out.predictions, HELD_OUT)) / 40 >= 0.8
+    versions = stub.ListVersions(pb.ListVersionsRequest(tenant=tenant, adapter="lora")).versions
+    assert versions[0].method == "lora" and versions[0].bytes > 10_000
+    job = stub.FineTune(pb.FineTuneRequest(
+        tenant=tenant, adapter="lora-grpc", examples=[pb.Example(text=e["text"], label=e["label"]) for e in TRAIN],
+        params=pb.FineTuneParams(method="lora", lora_rank=4, lora_targets=["query", "value"], epochs=1)))
+    assert job.status == "queued"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.FineTune(pb.FineTuneRequest(tenant=tenant, examples=[pb.Example(text="x", label="y")] * 4,
+                                         params=pb.FineTuneParams(method="lora", lora_rank=65)))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("params, backbone, needle", [
+    ({"method": "unfreeze"}, None, "params.method"),
+    ({"method": "lora", "lora_rank": 0}, None, "lora_rank"),
+    ({"method": "lora", "lora_rank": 65}, None, "lora_rank"),
+    ({"method": "lora", "lora_layers": 3}, None, "at most its top 2 layers"),
+    ({"method": "lora", "lora_targets": ["query", "gate"]}, None, "lora_targets"),
+    ({"method": "lora", "lora_targets": []}, None, "lora_targets"),
+    ({"method": "lora"}, "efficientnet-lite0", "an image backbone: use method head"),
+])
+def test_bad_lora_parameters_are_400(client, params, backbone, needle):
+    tenant, _ = helpers.new_tenant(client, "deep")
+    body = {"tenant": tenant, "examples": TRAIN[:8], "params": params}
+    if backbone:
+        body["backbone"] = backbone
+    r = client.post("/v1/finetune", json=body)
+    assert r.status_code == 400, r.text
+    assert needle in r.json()["error"]["message"] + str(r.json()["error"].get("details", ""))
