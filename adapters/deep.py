@@ -4,7 +4,8 @@ with PEFT on hidden states the serving lower graph computed once per example.
 Recipe (LP-FT): a linear head is first fitted on the frozen upper layers' vectors, then the
 LoRA factors of the top layers and the head are trained together with AdamW, warmup and
 cosine decay, class weights, discriminative learning rates (each lower layer's factors learn
-`layer_decay` times slower than the layer above; the head fastest) and early stopping on
+`layer_decay` times slower than the layer above; the head, which starts from the probe, slowest)
+and early stopping on
 validation macro-F1. The factors leave as (A, B) pairs with the LoRA scale folded into B,
 the form the upper ONNX graph takes per row.
 """
@@ -30,11 +31,11 @@ class LoraParams:
     alpha: float = 16.0
     layers: int = 2  # top layers adapted (the backbone's split)
     targets: tuple[str, ...] = TARGETS
-    dropout: float = 0.1
+    dropout: float = 0.0  # LoRA dropout (0.1 cost 1.5 points of macro-F1 on reviews)
     lr: float = 2e-3  # the top layer's factors
     layer_decay: float = 0.8  # discriminative learning rates: each layer below learns this much slower
-    head_lr: float = 1e-2
-    epochs: int = 6
+    head_lr: float = 1e-3  # the probe's head moves slowly (1e-2 undid it: LP-FT)
+    epochs: int = 4
     batch_size: int = 16
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1

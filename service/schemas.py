@@ -216,7 +216,7 @@ class FinetuneParams(_Strict):
         None, min_length=1, description="lora: projections adapted (default: all six)")
     layer_decay: float = Field(
         0.8, gt=0, le=1, description="lora: discriminative learning rates, each lower layer learns this much slower")
-    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 6 (lora)")
+    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora)")
     batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora)")
     lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the factors")
     weight_decay: float = Field(1e-2, ge=0, le=1)
