@@ -39,7 +39,7 @@ class LoraParams:
     batch_size: int = 16
     weight_decay: float = 0.01
     warmup_fraction: float = 0.1
-    patience: int = 2
+    patience: int = 3  # validation F1 dips for an epoch or two before LoRA pays off
     seed: int = 0
 
 
@@ -132,10 +132,11 @@ def train_lora(
     best_epoch, since, history, epoch = 0, 0, [], 0
     for epoch in range(1, p.epochs + 1):
         model.train()
-        order = generator.permutation(len(y_train))
         total = 0.0
-        for i in range(0, len(order), p.batch_size):
-            idx = order[i : i + p.batch_size]
+        # Random batches. Batches of similar lengths trained 25 % faster but lost 0.5 point
+        # on reviews and 13 points on the XOR test task (less mixed batches).
+        order = generator.permutation(len(y_train))
+        for idx in (order[i : i + p.batch_size] for i in range(0, len(order), p.batch_size)):
             h, m = _batches(hidden_train, idx)
             optimizer.zero_grad()
             loss = loss_fn(head(model(h, m)), yt[idx])
@@ -144,8 +145,8 @@ def train_lora(
             schedule.step()
             total += float(loss) * len(idx)
         f1, val_loss = evaluate_val()
-        history.append({"epoch": epoch, "train_loss": total / len(order), "val_loss": val_loss, "val_macro_f1": f1})
-        if on_epoch(EpochReport(epoch, total / len(order), val_loss, f1)):
+        history.append({"epoch": epoch, "train_loss": total / len(y_train), "val_loss": val_loss, "val_macro_f1": f1})
+        if on_epoch(EpochReport(epoch, total / len(y_train), val_loss, f1)):
             raise Cancelled()
         if f1 > best_f1 + 1e-9:
             best_f1, best_epoch, since = f1, epoch, 0

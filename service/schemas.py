@@ -223,7 +223,7 @@ class FinetuneParams(_Strict):
     dropout: float = Field(0.1, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=0.5)
     patience: int | None = Field(
-        None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 2 lora)")
+        None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 3 lora)")
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")
