@@ -60,7 +60,7 @@ def _batches(hidden: list[np.ndarray], idx: np.ndarray) -> tuple[Any, Any]:
     h = np.zeros((len(idx), width, hidden[idx[0]].shape[1]), dtype=np.float32)
     m = np.zeros((len(idx), width), dtype=np.int64)
     for row, i in enumerate(idx):
-        h[row, : hidden[i].shape[0]] = hidden[i]
+        h[row, : hidden[i].shape[0]] = hidden[i]  # float16 kept, float32 computed
         m[row, : hidden[i].shape[0]] = 1
     return torch.from_numpy(h), torch.from_numpy(m)
 

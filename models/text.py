@@ -88,6 +88,8 @@ class TextBackbone(Backbone):
         one lower and one upper call per sub-batch, whatever the mix of adapters."""
         if self.split is None:
             raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
+        if not items:
+            return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
         ids, mask, truncated = self._tokenizer.encode(items)
         lengths = mask.sum(1)
         order = np.argsort(lengths, kind="stable")
@@ -105,8 +107,9 @@ class TextBackbone(Backbone):
         return EmbedResult(vectors=out, truncated=list(truncated), calls=2 * len(chunks))
 
     def hidden_states(self, texts: list[str], rows_per_call: int = 16) -> list[np.ndarray]:
-        """The lower graph's output per text, (tokens, hidden) each: what training feeds the
-        upper layers (computed once per example with the graph that serves)."""
+        """The lower graph's output per text, (tokens, hidden) each, kept in float16 (half the
+        memory; training reads them back as float32): what training feeds the upper layers,
+        computed once per example with the graph that serves."""
         if self.split is None:
             raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
@@ -118,7 +121,7 @@ class TextBackbone(Backbone):
             width = int(lengths[rows].max())
             hidden = self.split.lower.run(ids[rows, :width], mask[rows, :width])
             for j, i in enumerate(rows):
-                out[i] = hidden[j, : lengths[i]].copy()
+                out[i] = hidden[j, : lengths[i]].astype(np.float16)
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
     else:
         vectors = np.empty((len(work), backbone.dim), dtype=np.float32)
         truncated, calls = [False] * len(work), 0
-        plain = [i for i in range(len(work)) if i not in set(deep)]
+        deep_rows = set(deep)
+        plain = [i for i in range(len(work)) if i not in deep_rows]
         parts = [(plain, None)] if plain else []
         parts += [(rows, "deep") for rows in _by_adapters(work, deep, max_loras)]
         for rows, kind in parts:

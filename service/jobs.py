@@ -9,7 +9,7 @@ from typing import Any
 from adapters.jobs import Job, JobQueue
 from adapters.pipeline import InvalidParams, lora_params
 from adapters.registry import Registry
-from service.errors import InvalidInput, NotFound
+from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.settings import Settings
 from service.uploads import check_examples
@@ -41,6 +41,11 @@ class Jobs:
                 lora_params(params, model.split_shape)
             except InvalidParams as e:
                 raise InvalidInput(str(e)) from None
+            if len(examples) > self.settings.max_lora_examples:
+                raise PayloadTooLarge(
+                    f"{len(examples)} examples; method lora takes at most {self.settings.max_lora_examples} "
+                    "(GRAFT_MAX_LORA_EXAMPLES: its hidden states are held in memory): use method head, or fewer",
+                    {"examples": len(examples), "limit": self.settings.max_lora_examples})
         clean = await asyncio.to_thread(
             check_examples, examples, kind=model.kind, check=model.check,
             max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,

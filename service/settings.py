@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     train_metrics_port: int = Field(9100, ge=0, description="/metrics of a standalone trainer; 0 = off")
     train_nice: int = Field(10, ge=0, le=19, description="CPU priority offset of fine-tune workers")
     max_train_examples: int = Field(50_000, ge=2)
+    max_lora_examples: int = Field(
+        10_000, ge=2, description="examples per LoRA job (its hidden states are held in memory while it trains)")
     max_queued_jobs: int = Field(100, ge=1, description="beyond this, POST /v1/finetune answers 429")
     max_upload_mb: float = Field(20.0, gt=0, description="request body limit of POST /v1/finetune")
     job_lease_s: float = Field(30.0, gt=0, description="a worker silent this long loses its job")

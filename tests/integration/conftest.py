@@ -18,6 +18,7 @@ def server(graft_home, tmp_path_factory):
         GRAFT_MAX_UPLOAD_MB="1",
         GRAFT_JOB_POLL_MS="100",
         GRAFT_MAX_IMAGE_MB="0.5",
+        GRAFT_MAX_LORA_EXAMPLES="200",
         # Many tests send bad keys on purpose, all from 127.0.0.1: the per-address throttle of
         # failed authentications (tests/unit/test_auth.py) must not turn their 401s into 429s.
         GRAFT_AUTH_MAX_FAILURES="500",

@@ -120,3 +120,10 @@ def test_bad_lora_parameters_are_400(client, params, backbone, needle):
     r = client.post("/v1/finetune", json=body)
     assert r.status_code == 400, r.text
     assert needle in r.json()["error"]["message"] + str(r.json()["error"].get("details", ""))
+
+
+def test_a_lora_job_over_its_example_limit_is_413(client):
+    tenant, _ = helpers.new_tenant(client, "deep")
+    examples = (TRAIN * 2)[:201]  # GRAFT_MAX_LORA_EXAMPLES=200 on the test server
+    r = client.post("/v1/finetune", json={"tenant": tenant, "examples": examples, "params": {"method": "lora"}})
+    assert r.status_code == 413 and "GRAFT_MAX_LORA_EXAMPLES" in r.json()["error"]["message"], r.text
