@@ -150,7 +150,7 @@ def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
     rank = int(params.get("lora_rank") or 8)
     names = params.get("lora_targets") or list(TARGET_NAMES)
     given = {k: params[k] for k in ("epochs", "batch_size", "lr", "patience", "weight_decay", "warmup_fraction",
-                                    "seed", "layer_decay") if params.get(k) is not None}
+                                    "seed", "layer_decay", "gradual_unfreeze") if params.get(k) is not None}
     return LoraParams(rank=rank, alpha=float(params.get("lora_alpha") or 2 * rank), layers=layers,
                       targets=tuple(TARGET_NAMES[n] for n in names), **given)
 

@@ -216,6 +216,8 @@ class FinetuneParams(_Strict):
         None, min_length=1, description="lora: projections adapted (default: all six)")
     layer_decay: float = Field(
         0.8, gt=0, le=1, description="lora: discriminative learning rates, each lower layer learns this much slower")
+    gradual_unfreeze: bool = Field(
+        False, description="lora: gradual unfreezing, the top layer's factors train first, one layer more each epoch")
     epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora)")
     batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora)")
     lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the factors")

@@ -173,3 +173,24 @@ def test_factors_survive_the_way_into_peft_and_back(split_backbone):
     back, _ = _state(model, torch.nn.Linear(shape.hidden, 2), shape)
     for key, (a, b) in factors.factors.items():
         assert np.abs(back.factors[key][0] - a).max() < 1e-6 and np.abs(back.factors[key][1] - b).max() < 1e-6
+
+
+def test_gradual_unfreezing_trains_the_top_layer_first():
+    from adapters.deep import unfrozen
+
+    assert [unfrozen(e, 3, True) for e in (1, 2, 3, 4)] == [{2}, {1, 2}, {0, 1, 2}, {0, 1, 2}]
+    assert unfrozen(1, 3, False) == {0, 1, 2}
+
+
+def test_a_gradually_unfrozen_lora_job_trains_and_serves(split_backbone):
+    from adapters.pipeline import train_version
+    from tests.integration.data import split
+
+    train, _ = split()
+    outcome = train_version(train, split_backbone, {"method": "lora", "lora_rank": 4, "epochs": 2,
+                                                    "gradual_unfreeze": True},
+                            active=None, cache=NoCache(), report=Reporter(), promote_margin=0.01)
+    assert outcome.config.training["params"]["gradual_unfreeze"] is True
+    adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=split_backbone.fingerprint,
+                     dim=split_backbone.dim, split=4)
+    assert adapter.lora is not None and outcome.metrics["macro_f1"] > 0.5

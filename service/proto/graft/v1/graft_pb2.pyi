@@ -93,7 +93,7 @@ class Example(_message.Message):
     def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
 
 class FineTuneParams(_message.Message):
-    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay")
+    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay", "gradual_unfreeze")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +115,7 @@ class FineTuneParams(_message.Message):
     LORA_LAYERS_FIELD_NUMBER: _ClassVar[int]
     LORA_TARGETS_FIELD_NUMBER: _ClassVar[int]
     LAYER_DECAY_FIELD_NUMBER: _ClassVar[int]
+    GRADUAL_UNFREEZE_FIELD_NUMBER: _ClassVar[int]
     head: str
     hidden: int
     epochs: int
@@ -136,7 +137,8 @@ class FineTuneParams(_message.Message):
     lora_layers: int
     lora_targets: _containers.RepeatedScalarFieldContainer[str]
     layer_decay: float
-    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ...) -> None: ...
+    gradual_unfreeze: bool
+    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ..., gradual_unfreeze: _Optional[bool] = ...) -> None: ...
 
 class FineTuneRequest(_message.Message):
     __slots__ = ("tenant", "adapter", "backbone", "examples", "params")
