@@ -55,6 +55,7 @@ bench: prepare
 	$(BIN)/python -m loadtests.bench_images --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_deep --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_split_precision --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_latency --out docs/BENCHMARKS.md
 
 # Headless locust against a running server (make serve): HTTP and gRPC users, a trickle of
 # fine-tunes; bounded in time; CSV and HTML report in loadtests/results/. Point it elsewhere

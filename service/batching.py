@@ -2,7 +2,8 @@
 
 One loop per backbone takes whatever is queued (up to `max_size` items) and runs it in a
 worker thread. While a pass runs, new requests queue up, so the batch grows with load by
-itself; a lone request on an idle backbone waits at most `max_wait` for company.
+itself; a lone request on an idle backbone waits at most `max_wait` for company (the
+service's default is 0: it does not wait).
 
 The queue is bounded by items (`max_queued`): beyond it a request is answered 503 with
 Retry-After at once (backpressure, as text-embeddings-inference does), never left to wait

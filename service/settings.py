@@ -87,7 +87,9 @@ class Settings(BaseSettings):
                                        "1/2-1/8 scale (a 12-MP photo passes), a PNG at full size")
     decode_threads: int = Field(2, ge=1, description="images decoded at once per API process (their own pool)")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
-    batch_max_wait_ms: float = Field(2.0, ge=0, description="how long a lone request waits for company")
+    batch_max_wait_ms: float = Field(
+        0.0, ge=0, description="how long a lone request waits for company; 0: never (batches still form from the "
+                               "requests that queue while a pass runs; docs/BENCHMARKS.md)")
     max_queued_items: int = Field(
         4096, ge=1, description="items waiting for one backbone beyond which requests get 503 with Retry-After"
     )
