@@ -74,9 +74,13 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     where: dict[str, str] = {}  # each item's first example, to name it in errors
     for i, (k, e) in enumerate(zip(keys, examples)):
         where.setdefault(k, e.get("at", f"examples[{i}]"))
-    x = embed_cached(backbone, keys, cache, report, where)
     train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
     report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
+    lora = params.get("method") == "lora"
+    # LoRA trains on hidden states: only the validation rows need vectors (for the baselines).
+    needed = val_idx if lora else np.arange(len(keys))
+    x = np.zeros((len(keys), backbone.dim), dtype=np.float32)
+    x[needed] = embed_cached(backbone, [keys[i] for i in needed], cache, report, where)
     x_train, y_train = x[train_idx], y[train_idx]
     if p.augment and backbone.kind == "image":
         x_aug, y_aug = augmented(backbone, [keys[i] for i in train_idx], y_train, p, report)
@@ -102,7 +106,6 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
         active_pred = active.predict_proba(active_x).argmax(1)
         baselines["active"] = evaluate(y_val, np.array([index.get(active.labels[q], -1) for q in active_pred]), labels)
         baselines["active"]["version"] = active.version
-    lora = params.get("method") == "lora"
     init = None
     if p.continual and active is not None:
         init = continual_init("linear" if lora else p.head, labels, active.labels, active.config.head,

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -86,32 +86,21 @@ class TextBackbone(Backbone):
     def embed_deep(self, items: list[str], factors: list[LoraFactors | None]) -> EmbedResult:
         """Embed through the split graphs, each row with its own LoRA factors (None: none):
         one lower and one upper call per sub-batch, whatever the mix of adapters."""
-        if self.split is None:
-            raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
-        if not items:
-            return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
-        ids, mask, truncated = self._tokenizer.encode(items)
-        lengths = mask.sum(1)
-        order = np.argsort(lengths, kind="stable")
-        ids, mask, lengths = ids[order], mask[order], lengths[order]
+        split = self._require_split()
+
+        def run(ids: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            hidden = split.lower.run(ids, mask)
+            return split.upper.run(hidden, mask, *stack_factors(split.shape, [factors[i] for i in rows]))
+
         rows_per_call = 8 if self.provider == "CPUExecutionProvider" else 256
-        chunks, start = [], 0
-        for stop in _split_by_padding(lengths, rows_per_call):
-            width = int(lengths[start:stop].max())
-            hidden = self.split.lower.run(ids[start:stop, :width], mask[start:stop, :width])
-            lora = stack_factors(self.split.shape, [factors[i] for i in order[start:stop]])
-            chunks.append(self.split.upper.run(hidden, mask[start:stop, :width], *lora))
-            start = stop
-        out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
-        out[order] = np.concatenate(chunks)
-        return EmbedResult(vectors=out, truncated=list(truncated), calls=2 * len(chunks))
+        result = self._in_sub_batches(items, rows_per_call, run)
+        return EmbedResult(result.vectors, result.truncated, calls=2 * result.calls)
 
     def hidden_states(self, texts: list[str], rows_per_call: int = 16) -> list[np.ndarray]:
         """The lower graph's output per text, (tokens, hidden) each, kept in float16 (half the
         memory; training reads them back as float32): what training feeds the upper layers,
         computed once per example with the graph that serves."""
-        if self.split is None:
-            raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
+        split = self._require_split()
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
         ids, mask, _ = self._tokenizer.encode(texts)
         lengths = mask.sum(1)
@@ -119,7 +108,7 @@ class TextBackbone(Backbone):
         for start in range(0, len(texts), rows_per_call):
             rows = order[start : start + rows_per_call]
             width = int(lengths[rows].max())
-            hidden = self.split.lower.run(ids[rows, :width], mask[rows, :width])
+            hidden = split.lower.run(ids[rows, :width], mask[rows, :width])
             for j, i in enumerate(rows):
                 out[i] = hidden[j, : lengths[i]].astype(np.float16)
         return out
@@ -139,22 +128,32 @@ class TextBackbone(Backbone):
         return build_modules(self.spec, self.split.shape)[1]
 
     def embed(self, items: list[Any]) -> EmbedResult:
+        return self._in_sub_batches(items, self.max_rows, lambda ids, mask, rows: self._runner.run(ids, mask))
+
+    def _in_sub_batches(self, items: list[Any], max_rows: int,
+                        run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> EmbedResult:
+        """Tokenise, sort by token count (sub-batches of similar lengths pad little), cut
+        into sub-batches, `run(ids, mask, original row indices)` each, restore the order."""
         if not items:
             return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
         ids, mask, truncated = self._tokenizer.encode(items)
-        # Sorting by token count keeps similar lengths together, so sub-batches pad little.
         lengths = mask.sum(1)
         order = np.argsort(lengths, kind="stable")
         ids, mask, lengths = ids[order], mask[order], lengths[order]
         chunks = []
         start = 0
-        for stop in _split_by_padding(lengths, self.max_rows):
+        for stop in _split_by_padding(lengths, max_rows):
             width = int(lengths[start:stop].max())
-            chunks.append(self._runner.run(ids[start:stop, :width], mask[start:stop, :width]))
+            chunks.append(run(ids[start:stop, :width], mask[start:stop, :width], order[start:stop]))
             start = stop
         out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(chunks)
         return EmbedResult(vectors=out, truncated=list(truncated), calls=len(chunks))
+
+    def _require_split(self) -> SplitRunner:
+        if self.split is None:
+            raise ValueError(f"backbone {self.id!r} is not split: deep adapters need GRAFT_SPLIT_LAYERS > 0")
+        return self.split
 
 
 def _split_by_padding(

@@ -59,14 +59,12 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
         truncated, calls = [False] * len(work), 0
         deep_rows = set(deep)
         plain = [i for i in range(len(work)) if i not in deep_rows]
-        parts = [(plain, None)] if plain else []
-        parts += [(rows, "deep") for rows in _by_adapters(work, deep, max_loras)]
-        for rows, kind in parts:
-            items = [work[i].item for i in rows]
-            if kind is None:
-                result = backbone.embed(items)
-            else:
-                result = backbone.embed_deep(items, [work[i].head.lora for i in rows])  # type: ignore[attr-defined, union-attr]
+        calls_by_rows = [(plain, lambda rows: backbone.embed([work[i].item for i in rows]))] if plain else []
+        calls_by_rows += [(rows, lambda rows: backbone.embed_deep(  # type: ignore[attr-defined]
+            [work[i].item for i in rows], [work[i].head.lora for i in rows]))  # type: ignore[union-attr]
+            for rows in _by_adapters(work, deep, max_loras)]
+        for rows, embed in calls_by_rows:
+            result = embed(rows)
             vectors[rows] = result.vectors
             for i, t in zip(rows, result.truncated):
                 truncated[i] = t
