@@ -18,6 +18,7 @@ class ItemError(ValueError):
     def __init__(self, reason: str, *, too_large: bool = False) -> None:
         super().__init__(reason)
         self.too_large = too_large  # a size limit (HTTP 413) rather than a malformed item (400)
+        self.index = 0  # which item of a request (prepare_many sets it)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,24 @@ class Backbone(ABC):
     def split_shape(self) -> Any:
         """Where deep adapters attach (models/split.SplitShape), or None: head-only."""
         return None
+
+    def prepare_many(self, items: list[Any]) -> list[Any]:
+        """`prepare` for all items of a request, off the compute lane; a backbone may do
+        batch-level work here (text: one tokeniser call). ItemError's `index` names the
+        item at fault."""
+        ready = []
+        for i, item in enumerate(items):
+            try:
+                ready.append(self.prepare(item))
+            except ItemError as e:
+                e.index = i
+                raise
+        return ready
+
+    def cost(self, item: Any) -> int:
+        """What a prepared item costs a backbone pass, in the unit of the pass budget
+        (GRAFT_MAX_BATCH_TOKENS for text: its token count); 1 where there is no budget."""
+        return 1
 
     def check(self, item: Any) -> None:
         """Check one raw item cheaply (ItemError if it cannot be used), without the cost of

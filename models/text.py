@@ -1,6 +1,7 @@
 """Text backbones: a fast tokenizer feeding an ONNX sentence encoder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,6 +13,18 @@ from models.runtime import OrtRunner
 from models.split import LoraFactors, SplitShape, stack_factors
 
 
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """One text, tokenised: its token ids (int64, unpadded) and whether it was cut to fit.
+    What `TextBackbone.prepare_many` makes, off the compute lane, and `embed` takes."""
+
+    ids: np.ndarray
+    truncated: bool
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class Tokenizer:
     """Hugging Face fast tokenizer with truncation to the backbone's token limit."""
 
@@ -20,16 +33,29 @@ class Tokenizer:
 
         self._tok = HFTokenizer.from_file(str(tokenizer_json))
         self._tok.enable_truncation(max_length=max_tokens)
+        self._tok.no_padding()  # rows are padded per sub-batch (pad), to the longest in it
         pad_id = self._tok.token_to_id("[PAD]")
-        self._tok.enable_padding(pad_id=pad_id if pad_id is not None else 0)
+        self.pad_id = pad_id if pad_id is not None else 0
         self.max_tokens = max_tokens
+
+    def tokenize(self, texts: list[str]) -> list[Tokens]:
+        """One Rust call for all texts (it releases the GIL while it works)."""
+        return [Tokens(np.array(e.ids, dtype=np.int64), bool(e.overflowing)) for e in self._tok.encode_batch(texts)]
+
+    def pad(self, rows: list[Tokens]) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids and attention_mask (int64), padded to the longest row."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r.ids
+            mask[i, : len(r)] = 1
+        return ids, mask
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[bool]]:
         """input_ids and attention_mask (int64, padded to the longest) and truncation flags."""
-        encodings = self._tok.encode_batch(texts)
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return ids, mask, [bool(e.overflowing) for e in encodings]
+        rows = self.tokenize(texts)
+        return (*self.pad(rows), [r.truncated for r in rows])
 
 
 def load_tokenizer(spec: BackboneSpec) -> Tokenizer:
@@ -78,6 +104,14 @@ class TextBackbone(Backbone):
             kind = "an image" if isinstance(item, (bytes, bytearray, memoryview)) else type(item).__name__
             raise ItemError(f"backbone {self.id!r} embeds text: send a string, not {kind}")
         return item
+
+    def prepare_many(self, items: list[Any]) -> list[Tokens]:
+        """The request's texts checked and tokenised in one call: the compute lane gets
+        token ids and only pads them."""
+        return self._tokenizer.tokenize(super().prepare_many(items))
+
+    def cost(self, item: Any) -> int:
+        return len(item) if isinstance(item, Tokens) else self.max_tokens
 
     @property
     def split_shape(self) -> SplitShape | None:
@@ -132,23 +166,30 @@ class TextBackbone(Backbone):
 
     def _in_sub_batches(self, items: list[Any], max_rows: int,
                         run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> EmbedResult:
-        """Tokenise, sort by token count (sub-batches of similar lengths pad little), cut
-        into sub-batches, `run(ids, mask, original row indices)` each, restore the order."""
+        """Tokenise what is not yet (texts; `prepare_many` output passes as is), sort by token
+        count (sub-batches of similar lengths pad little), cut into sub-batches, `run(ids,
+        mask, original row indices)` each, restore the order."""
         if not items:
             return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
-        ids, mask, truncated = self._tokenizer.encode(items)
-        lengths = mask.sum(1)
+        rows = self._tokens(items)
+        lengths = np.array([len(r) for r in rows])
         order = np.argsort(lengths, kind="stable")
-        ids, mask, lengths = ids[order], mask[order], lengths[order]
         chunks = []
         start = 0
-        for stop in _split_by_padding(lengths, max_rows):
-            width = int(lengths[start:stop].max())
-            chunks.append(run(ids[start:stop, :width], mask[start:stop, :width], order[start:stop]))
+        for stop in _split_by_padding(lengths[order], max_rows):
+            ids, mask = self._tokenizer.pad([rows[i] for i in order[start:stop]])
+            chunks.append(run(ids, mask, order[start:stop]))
             start = stop
         out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(chunks)
-        return EmbedResult(vectors=out, truncated=list(truncated), calls=len(chunks))
+        return EmbedResult(vectors=out, truncated=[r.truncated for r in rows], calls=len(chunks))
+
+    def _tokens(self, items: list[Any]) -> list[Tokens]:
+        texts = [i for i in items if not isinstance(i, Tokens)]
+        if not texts:
+            return items
+        made = iter(self._tokenizer.tokenize(texts))
+        return [i if isinstance(i, Tokens) else next(made) for i in items]
 
     def _require_split(self) -> SplitRunner:
         if self.split is None:

@@ -33,14 +33,23 @@ R = TypeVar("R")
 class _Chunk(Generic[T, R]):
     items: list[T]
     future: asyncio.Future[Sequence[R]] = field(repr=False)
+    cost: int = 0
     queued_at: float = field(default_factory=time.perf_counter)
+    finished_at: float = 0.0  # when its pass ended (in the worker thread)
 
 
 class MicroBatcher(Generic[T, R]):
     """`run(items)` returns one result per item, in order; it runs in a worker thread.
 
     `on_batch(items, seconds, queue_waits)` reports each pass: its size, how long it ran,
-    and how long each request's items waited in the queue before it started.
+    and how long each request's items waited in the queue before it started;
+    `on_handoff(seconds)`, for each request, the time from the end of its last pass until
+    it resumed (the hop from the worker thread back to the event loop).
+
+    A pass holds at most `max_size` items and, when `cost` is given, items whose costs sum
+    to at most `max_cost` (text: tokens, as text-embeddings-inference's max_batch_tokens),
+    so a pass of long texts is not many times longer than one of short ones. A request
+    larger than that is cut into several chunks that queue in order.
     """
 
     def __init__(
@@ -51,8 +60,11 @@ class MicroBatcher(Generic[T, R]):
         max_size: int,
         max_wait_s: float,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
+        on_handoff: Callable[[float], None] | None = None,
         executor: ThreadPoolExecutor | None = None,
         max_queued: int | None = None,
+        cost: Callable[[T], int] | None = None,
+        max_cost: int | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -60,6 +72,9 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued
         self._on_batch = on_batch
+        self._on_handoff = on_handoff
+        self._cost = cost
+        self.max_cost = max_cost if cost is not None else None
         self._pending: deque[_Chunk[T, R]] = deque()
         self._queued_items = 0  # items in _pending (backpressure)
         self._inflight: list[_Chunk[T, R]] = []  # the batch the loop holds
@@ -113,21 +128,38 @@ class MicroBatcher(Generic[T, R]):
                 f"(GRAFT_MAX_QUEUED_ITEMS): retry shortly", {"queued": self._queued_items, "limit": self.max_queued},
                 headers={"Retry-After": "1"},
             )
-        loop = asyncio.get_running_loop()
-        chunks = [
-            _Chunk(items[i : i + self.max_size], loop.create_future())
-            for i in range(0, len(items), self.max_size)
-        ]
+        chunks = self._chunks(items)
         self._pending.extend(chunks)
         self._queued_items += len(items)
         self._wakeup.set()
         try:
-            parts = await asyncio.gather(*(c.future for c in chunks))
+            if len(chunks) == 1:
+                rows = await chunks[0].future
+            else:
+                rows = [row for part in await asyncio.gather(*(c.future for c in chunks)) for row in part]
         except asyncio.CancelledError:
             for c in chunks:  # the caller is gone: its items leave the queue
                 c.future.cancel()
             raise
-        return [row for part in parts for row in part]
+        if self._on_handoff is not None:
+            self._on_handoff(time.perf_counter() - max(c.finished_at for c in chunks))
+        return list(rows)
+
+    def _chunks(self, items: list[T]) -> list[_Chunk[T, R]]:
+        """The request cut into chunks of at most max_size items and max_cost cost (at
+        least one item each)."""
+        loop = asyncio.get_running_loop()
+        costs = [self._cost(item) for item in items] if self._cost is not None else [0] * len(items)
+        chunks: list[_Chunk[T, R]] = []
+        start, total = 0, 0
+        for i, c in enumerate(costs):
+            over = self.max_cost is not None and i > start and total + c > self.max_cost
+            if i - start == self.max_size or over:
+                chunks.append(_Chunk(items[start:i], loop.create_future(), total))
+                start, total = i, 0
+            total += c
+        chunks.append(_Chunk(items[start:], loop.create_future(), total))
+        return chunks
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -139,7 +171,7 @@ class MicroBatcher(Generic[T, R]):
             self._inflight = batch
             items = [item for chunk in batch for item in chunk.items]
             try:
-                result, started, seconds = await loop.run_in_executor(self._executor, self._timed, items)
+                result, started, finished = await loop.run_in_executor(self._executor, self._timed, items)
             except Exception as e:  # a failed pass fails its requests, not the loop
                 log.exception("backbone %s failed on a batch of %d items", self.name, len(items))
                 self._inflight = []
@@ -150,35 +182,37 @@ class MicroBatcher(Generic[T, R]):
             offset = 0
             for chunk in batch:
                 n = len(chunk.items)
+                chunk.finished_at = finished
                 if not chunk.future.done():
                     chunk.future.set_result(result[offset : offset + n])
                 offset += n
             self._inflight = []
             if self._on_batch is not None:
                 try:
-                    self._on_batch(len(items), seconds, [started - chunk.queued_at for chunk in batch])
+                    self._on_batch(len(items), finished - started, [started - chunk.queued_at for chunk in batch])
                 except Exception:  # metrics must never stop serving
                     log.exception("batcher %s: reporting a batch failed", self.name)
 
     def _timed(self, items: list[T]) -> tuple[Sequence[R], float, float]:
-        """The pass, when it started (after any turn-taking) and how long it ran."""
+        """The pass, when it started (after any turn-taking) and when it ended."""
         started = time.perf_counter()
         result = self._run(items)
-        return result, started, time.perf_counter() - started
+        return result, started, time.perf_counter()
 
     async def _collect(self) -> list[_Chunk[T, R]]:
         """Wait for work, then take queued chunks until the batch is full or the wait is over."""
         deadline: float | None = None
         batch: list[_Chunk[T, R]] = []
-        size = 0
+        size, cost = 0, 0
         while True:
-            while self._pending and size + len(self._pending[0].items) <= self.max_size:
+            while self._pending and self._fits(self._pending[0], batch, size, cost):
                 chunk = self._pending.popleft()
                 self._queued_items -= len(chunk.items)
                 if chunk.future.done():  # cancelled while queued
                     continue
                 batch.append(chunk)
                 size += len(chunk.items)
+                cost += chunk.cost
             if batch and (size >= self.max_size or self._pending):
                 return batch  # full, or the next chunk does not fit
             if batch and deadline is None:
@@ -193,3 +227,9 @@ class MicroBatcher(Generic[T, R]):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
                 return batch
+
+    def _fits(self, chunk: _Chunk[T, R], batch: list[_Chunk[T, R]], size: int, cost: int) -> bool:
+        if not batch:
+            return True
+        within_cost = self.max_cost is None or cost + chunk.cost <= self.max_cost
+        return size + len(chunk.items) <= self.max_size and within_cost

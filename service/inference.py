@@ -27,6 +27,10 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# A request with at most this many characters of text is tokenised on the event loop
+# (~0.1 ms per short sentence, less than a hop to the prepare pool and back).
+INLINE_TEXT_CHARS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Work:
@@ -71,6 +75,7 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
             calls += result.calls
     heads_started = time.perf_counter()
     metrics.backbone_compute_seconds.labels(backbone.id).observe(heads_started - started)
+    metrics.observe_stage("model", heads_started - started)
     metrics.backbone_ort_calls.labels(backbone.id).inc(calls)
     scores: list[np.ndarray | None] = [None] * len(work)
     groups: dict[int, list[int]] = {}
@@ -84,6 +89,7 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
             scores[i] = p
     if groups:
         metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
+        metrics.observe_stage("head", time.perf_counter() - heads_started)
     return [Row(vectors[i], truncated[i], scores[i]) for i in range(len(work))]
 
 
@@ -106,6 +112,7 @@ class Embedding:
     backbone: Backbone
     vectors: np.ndarray
     truncated: list[bool]
+    tokens: int = 0  # text: the tokens the backbone read (special tokens in, after truncation)
 
 
 @dataclass(frozen=True)
@@ -126,10 +133,11 @@ class Inference:
         # different backbones alternate (FIFO) instead of fighting over the cores, so text
         # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
         self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
-        # Image decoding has its own small pool: a burst of large images neither queues the
-        # database and auth calls of asyncio's default pool nor decodes more than
-        # GRAFT_DECODE_THREADS images (each up to GRAFT_MAX_IMAGE_PIXELS) at once.
-        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="image-decode")
+        # Image decoding and the tokenising of large requests have their own small pool: a
+        # burst of large images neither queues the database and auth calls of asyncio's
+        # default pool nor decodes more than GRAFT_DECODE_THREADS images (each up to
+        # GRAFT_MAX_IMAGE_PIXELS) at once; the compute lane gets items ready to run.
+        self._prepare_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="prepare")
         self._failure: str | None = None
         self._loading: asyncio.Task[None] | None = None
         self.cache = AdapterCache(
@@ -168,7 +176,7 @@ class Inference:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
-                    image_limits=s.image_limits(), split_layers=s.split_layers,
+                    image_limits=s.image_limits(), split_layers=s.split_layers, spinning=s.ort_spinning,
                 )
             except Exception as e:
                 # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.
@@ -187,8 +195,11 @@ class Inference:
             max_wait_s=self.settings.batch_max_wait_ms / 1000,
             on_batch=lambda n, sec, waits, name=backbone.id: metrics.observe_batch(
                 name, n, sec, waits, self.settings.batch_max_size),
+            on_handoff=lambda sec: metrics.observe_stage("handoff", sec),
             executor=self._cpu_lane if backbone.provider == "CPUExecutionProvider" else None,
             max_queued=self.settings.max_queued_items,
+            cost=(lambda w, b=backbone: b.cost(w.item)) if backbone.kind == "text" else None,
+            max_cost=self.settings.max_batch_tokens,
         )
         gate = backbone.int8 or {}
         recipe = gate.get("recipe") or ""
@@ -202,7 +213,7 @@ class Inference:
         for batcher in self._batchers.values():
             await batcher.close()
         self._cpu_lane.shutdown(wait=True)
-        self._decode_pool.shutdown(wait=True)
+        self._prepare_pool.shutdown(wait=True)
 
     # -- backbones -------------------------------------------------------------------
 
@@ -249,23 +260,27 @@ class Inference:
                 f"{len(items)} inputs in one request; the limit is {limit} (GRAFT_MAX_BATCH_ITEMS): split it",
                 {"items": len(items), "limit": limit},
             )
-        if backbone.kind == "image":
-            return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare, backbone, items)
+        chars = sum(len(i) for i in items if isinstance(i, str))
+        if backbone.kind == "image" or chars > INLINE_TEXT_CHARS:
+            # Decoding images, or tokenising many texts (the tokeniser releases the GIL), runs
+            # on the prepare pool; a few short texts are tokenised here, cheaper than a hop.
+            return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, backbone, items)
         return self._prepare(backbone, items)
 
     def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:
-        ready = []
+        started = time.perf_counter()
         for i, item in enumerate(items):
-            try:
-                ready.append(backbone.prepare(item))
-            except ItemError as e:
-                raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{i}]: {e}", {"index": i}) from None
             if isinstance(item, str) and len(item) > self.settings.max_text_chars:
                 raise PayloadTooLarge(
                     f"inputs[{i}] has {len(item)} characters; the limit is "
                     f"{self.settings.max_text_chars} (GRAFT_MAX_TEXT_CHARS)",
                     {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
                 )
+        try:
+            ready = backbone.prepare_many(items)
+        except ItemError as e:
+            raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{e.index}]: {e}", {"index": e.index}) from None
+        metrics.observe_stage("prepare", time.perf_counter() - started)
         return ready
 
     async def run(self, backbone: Backbone, work: list[Work]) -> list[Row]:
@@ -277,7 +292,8 @@ class Inference:
         model = self.backbone(backbone)
         ready = await self.prepare_items(model, items)
         rows = await self.run(model, [Work(item) for item in ready])
-        return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows])
+        tokens = sum(model.cost(item) for item in ready) if model.kind == "text" else 0
+        return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows], tokens)
 
     async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
         if top_k < 1:

@@ -67,6 +67,26 @@ def observe_batch(backbone: str, items: int, seconds: float, waits: list[float],
     backbone_items.labels(backbone).inc(items)
     for wait in waits:
         queue_wait_seconds.labels(backbone).observe(wait)
+        _stages["queue"].observe(wait)
+
+
+STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+stage_seconds = Histogram(
+    "graft_stage_seconds",
+    "Seconds of each stage of serving. Per request: parse (body read and validated), auth "
+    "(key checked), admit (tenant rate limit, tenant keys only), prepare (texts tokenised, images decoded), queue (waiting for "
+    "the backbone pass), handoff (from the end of the pass until the request resumes), "
+    "serialise (the response encoded). Per backbone pass: model (ONNX Runtime, padding "
+    "included), head (the adapters' heads).",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+_stages = {stage: stage_seconds.labels(stage) for stage in
+           ("parse", "auth", "admit", "prepare", "queue", "handoff", "serialise", "model", "head")}
+
+
+def observe_stage(stage: str, seconds: float) -> None:
+    _stages[stage].observe(seconds)
 
 
 finetune_job_seconds = Histogram(

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     )
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
+    ort_spinning: bool = Field(
+        False, description="ORT's threads spin-wait between calls (ORT's own default); off: they leave the cores to "
+                           "the event loop, which serves lone requests sooner on small machines (docs/BENCHMARKS.md)")
     split_layers: int = Field(
         2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA) adapters adapt, served from "
                                     "split lower/upper graphs; 0 = head adapters only")
@@ -87,6 +90,9 @@ class Settings(BaseSettings):
                                        "1/2-1/8 scale (a 12-MP photo passes), a PNG at full size")
     decode_threads: int = Field(2, ge=1, description="images decoded at once per API process (their own pool)")
     batch_max_size: int = Field(64, ge=1, description="items in one backbone pass")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="tokens in one text backbone pass (as text-embeddings-inference's max_batch_tokens): "
+                                "a pass of long texts holds fewer of them; a longer request is cut into several passes")
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="how long a lone request waits for company; 0: never (batches still form from the "
                                "requests that queue while a pass runs; docs/BENCHMARKS.md)")

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from adapters.erasure import erase_tenant
 from adapters.keys import KeyInfo, KeyStore
 from adapters.registry import Registry
+from service import metrics
 from service.auth import Authenticator, Principal, load_admin_key
 from service.limits import RedisTokenBuckets, TokenBuckets
 from service.settings import Settings
@@ -26,12 +28,17 @@ class Tenancy:
     async def authenticate(self, authorization: str | None, client: str | None = None) -> Principal:
         """The caller from `Authorization: Bearer <key>` (HTTP header or gRPC metadata);
         `client` is its address, for throttling failed attempts."""
-        return await self.auth.authenticate(authorization, client)
+        started = time.perf_counter()
+        principal = await self.auth.authenticate(authorization, client)
+        metrics.observe_stage("auth", time.perf_counter() - started)
+        return principal
 
     async def admit(self, principal: Principal, items: int) -> None:
         """The per-tenant rate limit on inference, charged by items (the admin is not limited)."""
         if principal.tenant is not None:
+            started = time.perf_counter()
             await self.rate.take(principal.tenant, float(items))
+            metrics.observe_stage("admit", time.perf_counter() - started)
 
     async def close(self) -> None:
         if isinstance(self.rate, RedisTokenBuckets):

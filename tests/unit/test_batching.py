@@ -220,3 +220,39 @@ def test_a_full_queue_answers_503_with_retry_after_at_once():
         await b.close()
 
     asyncio.run(main())
+
+
+def test_a_pass_holds_at_most_max_cost_and_big_requests_are_cut_by_cost():
+    """#17.3: with a cost per item (text: tokens), a pass holds at most max_cost, so a
+    pass of long texts holds fewer of them; a request over the budget is cut into passes."""
+    rec = Recorder(seconds=0.01)
+
+    async def main():
+        b = MicroBatcher("t", rec, max_size=64, max_wait_s=0.005, cost=lambda i: i, max_cost=100)
+        long = b.submit([60, 50, 40, 30, 20])  # 200 in all: three passes of <= 100
+        short = [b.submit([1, 2]) for _ in range(10)]
+        results = await asyncio.gather(long, *short)
+        alone = await b.submit([500])  # one item over the budget still runs, alone
+        await b.close()
+        return results, alone
+
+    results, alone = run(main())
+    assert [v for v, _ in results[0]] == [60, 50, 40, 30, 20]
+    assert all([v for v, _ in r] == [1, 2] for r in results[1:])
+    assert [v for v, _ in alone] == [500]
+    assert all(sum(batch) <= 100 for batch in rec.batches[:-1]) and rec.batches[-1] == [500]
+    assert sorted(x for batch in rec.batches for x in batch) == sorted([60, 50, 40, 30, 20, *[1, 2] * 10, 500])
+    assert len(rec.batches) < 1 + 10 + 1 + 2  # the short requests shared passes
+
+
+def test_each_request_reports_its_handoff_from_the_pass_end():
+    """#17.1: on_handoff gets, per request, the time from the end of its pass to its resuming."""
+    seen: list[float] = []
+
+    async def main():
+        b = MicroBatcher("t", Recorder(seconds=0.001), max_size=8, max_wait_s=0, on_handoff=seen.append)
+        await asyncio.gather(*(b.submit([i]) for i in range(5)), b.submit(list(range(20))))
+        await b.close()
+
+    run(main())
+    assert len(seen) == 6 and all(0 <= s < 1.0 for s in seen), seen

@@ -118,7 +118,7 @@ def test_deleting_an_adapter_cancels_its_jobs(graft_home, tmp_path):
 
 
 def test_images_decode_in_their_own_bounded_pool(graft_home, tmp_path):
-    """#14.16: image decoding runs on the `image-decode` pool, at most GRAFT_DECODE_THREADS
+    """#14.16: image decoding runs on the `prepare` pool, at most GRAFT_DECODE_THREADS
     at once, never on asyncio's default pool (shared with database and auth calls)."""
     import threading
     import time
@@ -149,4 +149,4 @@ def test_images_decode_in_their_own_bounded_pool(graft_home, tmp_path):
         await engine.close()
 
     asyncio.run(main())
-    assert peak == 2 and names and all(n.startswith("image-decode") for n in names), (peak, names)
+    assert peak == 2 and names and all(n.startswith("prepare") for n in names), (peak, names)

@@ -86,3 +86,24 @@ def test_int8_embedding_does_not_depend_on_batch_company(graft_home):
     for company in (SENTENCES[:8], SENTENCES[8:], ["word " * 300, SENTENCES[1], "?"]):
         batch = [*company, SENTENCES[1]]
         assert np.array_equal(int8.embed(batch).vectors[-1], alone)
+
+
+def test_prepared_tokens_embed_as_the_texts_do(backbone):
+    """#17.3: texts are tokenised off the compute lane (prepare_many); the lane only pads.
+    Token ids, raw strings and a mix of both give the same vectors, flags and order."""
+    from models.base import ItemError
+    from models.text import Tokens
+
+    texts = SENTENCES + UNEVEN
+    tokens = backbone.prepare_many(texts)
+    assert all(isinstance(t, Tokens) for t in tokens)
+    assert [backbone.cost(t) for t in tokens] == [len(t.ids) for t in tokens]
+    assert max(backbone.cost(t) for t in tokens) == backbone.max_tokens  # the long sentence, cut
+    from_texts, from_tokens = backbone.embed(texts), backbone.embed(tokens)
+    mixed = backbone.embed([t if i % 2 else texts[i] for i, t in enumerate(tokens)])
+    assert np.abs(from_texts.vectors - from_tokens.vectors).max() < 1e-5
+    assert np.abs(from_texts.vectors - mixed.vectors).max() < 1e-5
+    assert from_texts.truncated == from_tokens.truncated == mixed.truncated
+    with pytest.raises(ItemError) as bad:
+        backbone.prepare_many(["fine", "also fine", b"\x89PNG"])
+    assert bad.value.index == 2
