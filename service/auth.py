@@ -4,7 +4,9 @@
 Tenant keys are verified against their hashes in the registry and remembered for a few
 seconds, so a busy tenant costs no database read per request and inference goes on while
 the database is away (revocation takes effect within GRAFT_KEY_CACHE_S). A tenant acting on
-another tenant's resources is told they do not exist (404), never that they are forbidden.
+another tenant's resources is told they do not exist (404), never that they are forbidden; a
+tenant's key on an admin route (tenants and keys) is told it needs the admin key (403): those
+routes are public in the OpenAPI description anyway.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.exc import DBAPIError
 
 from adapters.keys import KeyStore, hash_key
-from service.errors import NotFound, RateLimited, Unauthenticated
+from service.errors import Forbidden, NotFound, RateLimited, Unauthenticated
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,10 @@ class Principal:
             raise NotFound(f"unknown tenant {tenant!r}")
 
     def require_admin(self) -> None:
+        """Admin routes (tenants and their keys): a tenant's key gets 403 / PERMISSION_DENIED."""
         if not self.admin:
-            raise NotFound("not found")
+            raise Forbidden("this route needs the admin key; a tenant's key acts only on its own "
+                            "adapters, jobs and predictions")
 
 
 ADMIN = Principal(None)

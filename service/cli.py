@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from models import load_backbone
+from models.catalog import UnknownBackboneError, resolve_spec
 from service.settings import Settings
 
 
@@ -30,8 +32,15 @@ def main() -> None:
         print(f"signed {registry.sign_unsigned()} adapter versions")
         registry.close()
         return
-    for name in args.names or settings.backbones:
-        load_backbone(name, settings.home, precision=settings.precision, provider=settings.provider)
+    names = args.names or settings.backbones
+    try:
+        for name in names:  # every name checked before anything is built: a typo fails at once
+            resolve_spec(name)
+        for name in names:
+            load_backbone(name, settings.home, precision=settings.precision, provider=settings.provider)
+    except UnknownBackboneError as e:  # one line, no traceback: what to use instead
+        print(f"python -m service.cli prepare: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

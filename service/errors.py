@@ -44,6 +44,14 @@ class Unauthenticated(GraftError):
     grpc_status = "UNAUTHENTICATED"
 
 
+class Forbidden(GraftError):
+    """A valid key that may not do this: a tenant's key on an admin route. (A tenant's key on
+    another tenant's resources is NotFound instead: those must not be seen to exist.)"""
+
+    status, code = 403, "forbidden"
+    grpc_status = "PERMISSION_DENIED"
+
+
 class NotFound(GraftError):
     status, code = 404, "not_found"
     grpc_status = "NOT_FOUND"

@@ -157,13 +157,13 @@ def test_tenants_and_keys_over_grpc(stub, http, server):
     assert code_of(lambda: stub.CreateTenant(pb.CreateTenantRequest(tenant="-bad"))) == C.INVALID_ARGUMENT
     assert code_of(lambda: stub.RevokeKey(pb.RevokeKeyRequest(tenant=tenant, key_id="XYZ"))) == C.INVALID_ARGUMENT
     assert code_of(lambda: stub.IssueKey(pb.IssueKeyRequest(tenant="Bad Name"))) == C.INVALID_ARGUMENT
-    with server.channel(issued.api_key) as ch:  # a tenant's key: the admin's RPCs do not exist, as over HTTP
+    with server.channel(issued.api_key) as ch:  # a tenant's key: the admin's RPCs need the admin key, as over HTTP
         mine = pb_grpc.GraftStub(ch)
-        assert code_of(lambda: mine.CreateTenant(pb.CreateTenantRequest(tenant="g-someone"))) == C.NOT_FOUND
-        assert code_of(lambda: mine.IssueKey(pb.IssueKeyRequest(tenant=tenant))) == C.NOT_FOUND
-        assert code_of(lambda: mine.ListKeys(pb.ListKeysRequest(tenant=tenant))) == C.NOT_FOUND
+        assert code_of(lambda: mine.CreateTenant(pb.CreateTenantRequest(tenant="g-someone"))) == C.PERMISSION_DENIED
+        assert code_of(lambda: mine.IssueKey(pb.IssueKeyRequest(tenant=tenant))) == C.PERMISSION_DENIED
+        assert code_of(lambda: mine.ListKeys(pb.ListKeysRequest(tenant=tenant))) == C.PERMISSION_DENIED
         revoke = pb.RevokeKeyRequest(tenant=tenant, key_id=issued.key_id)
-        assert code_of(lambda: mine.RevokeKey(revoke)) == C.NOT_FOUND
+        assert code_of(lambda: mine.RevokeKey(revoke)) == C.PERMISSION_DENIED
 
 
 def test_adapter_lifecycle_over_grpc(stub, http, server):

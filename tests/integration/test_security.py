@@ -84,15 +84,26 @@ def test_tenant_a_cannot_see_or_touch_tenant_b(server, two_tenants):
         ("GET", f"/v1/jobs/{job}/events", None),
         ("POST", f"/v1/jobs/{job}/cancel", None),
         ("GET", f"/v1/tenants/{b}/jobs", None),
-        # admin-only
+    ]
+    # Admin-only routes (public in the OpenAPI description): 403, "needs the admin key", for
+    # the tenant's own name as for another's.
+    admin_only = [
         ("POST", "/v1/tenants", {"tenant": f"x-{uuid.uuid4().hex[:6]}"}),
         ("POST", f"/v1/tenants/{a}/keys", None),
         ("GET", f"/v1/tenants/{a}/keys", None),
+        ("GET", f"/v1/tenants/{b}/keys", None),
+        ("DELETE", f"/v1/tenants/{a}/keys/0123456789ab", None),
+        ("DELETE", f"/v1/tenants/{b}", None),
     ]
     with server.client(key_a) as ca:
         for method, path, body in attempts:
             r = ca.request(method, path, json=body)
             assert r.status_code == 404, (method, path, r.status_code, r.text)
+        for method, path, body in admin_only:
+            r = ca.request(method, path, json=body)
+            assert r.status_code == 403, (method, path, r.status_code, r.text)
+            assert r.json()["error"]["code"] == "forbidden", r.text
+            assert "needs the admin key" in r.json()["error"]["message"], r.text
         # ...and B's things are all still there, untouched.
     with server.client() as admin:
         assert admin.post("/v1/predict", json={"tenant": b, "adapter": "secret", "inputs": ["x"]}).status_code == 200
@@ -369,8 +380,8 @@ def test_deleting_a_tenant_erases_everything_it_had(server, admin):
     assert all(before.values()), before  # there is something of each kind to erase
     other_before = _rows_of(server.database_url, other)
 
-    with server.client(key) as c:  # a tenant cannot erase itself, nor anyone (admin routes: 404)
-        assert c.delete(f"/v1/tenants/{tenant}").status_code == 404
+    with server.client(key) as c:  # a tenant cannot erase itself, nor anyone (admin routes: 403)
+        assert c.delete(f"/v1/tenants/{tenant}").status_code == 403
     r = admin.delete(f"/v1/tenants/{tenant}")
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
@@ -399,7 +410,7 @@ def test_deleting_a_tenant_over_grpc(server, admin):
     admin.post("/v1/adapters", json={"tenant": tenant, "adapter": "zs", "labels": ["x", "y"]})
     with pytest.raises(grpc.RpcError) as e:
         pb_grpc.GraftStub(server.channel(key)).DeleteTenant(pb.DeleteTenantRequest(tenant=tenant))
-    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "needs the admin key" in e.value.details()
     out = pb_grpc.GraftStub(server.channel()).DeleteTenant(pb.DeleteTenantRequest(tenant=tenant))
     assert out.tenant == tenant and out.removed["adapters"] == 1 and out.removed["keys"] == 1
     with pytest.raises(grpc.RpcError) as e:

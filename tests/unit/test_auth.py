@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from service.auth import Authenticator, load_admin_key
-from service.errors import Unauthenticated
+from service.auth import ADMIN, Authenticator, Principal, load_admin_key
+from service.errors import Forbidden, NotFound, Unauthenticated
 from service.settings import Settings
 
 
@@ -121,3 +121,18 @@ def test_failed_authentications_are_throttled_per_address():
         asyncio.run(auth.authenticate("Bearer graft_good_key", "10.0.0.9"))
     assert int(refused.value.headers["Retry-After"]) >= 1
     assert asyncio.run(auth.authenticate("Bearer graft_good_key", "10.0.0.10")).tenant == "acme"  # others unaffected
+
+
+def test_a_tenant_key_on_an_admin_route_is_forbidden_not_hidden():
+    """Admin routes are public in the OpenAPI description: a tenant's key is told it needs the
+    admin key (403 / PERMISSION_DENIED). Another tenant's resources stay hidden (404)."""
+    ADMIN.require_admin()
+    with pytest.raises(Forbidden) as e:
+        Principal("acme").require_admin()
+    assert (e.value.status, e.value.code, e.value.grpc_status) == (403, "forbidden", "PERMISSION_DENIED")
+    assert "needs the admin key" in e.value.message
+    assert e.value.to_dict()["error"]["code"] == "forbidden"
+    Principal("acme").authorize("acme")
+    ADMIN.authorize("acme")
+    with pytest.raises(NotFound):
+        Principal("acme").authorize("globex")
