@@ -169,3 +169,47 @@ def test_unknown_routes_and_wrong_methods_answer_in_the_json_error_shape(client)
     r = client.get("/v1/embed")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert "POST" in r.headers["allow"]
+
+
+def _stage_counts(client) -> dict[str, float]:
+    text = client.get("/metrics").text
+    return {m[0]: float(m[1]) for m in re.findall(r'^graft_stage_seconds_count\{stage="(\w+)"\} ([0-9.e+]+)$', text, re.M)}
+
+
+def _requests(client, route: str, code: int) -> float:
+    text = client.get("/metrics").text
+    pattern = rf'^graft_http_requests_total\{{code="{code}",method="\w+",route="{re.escape(route)}"\}} ([0-9.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_every_stage_of_a_request_is_timed_in_the_metrics(client):
+    """#17.1: the service reports where a request's time goes, by stage (graft_stage_seconds):
+    parse, auth, prepare, queue, model, handoff, serialise for an embedding; head for a
+    prediction; one observation per request (per pass for model and head)."""
+    tenant = client.post("/v1/tenants", json={"tenant": f"stages-{np.random.randint(1 << 30)}"}).json()
+    before = _stage_counts(client)
+    assert client.post("/v1/embed", json={"inputs": ["one lone text"]}).status_code == 200
+    after = _stage_counts(client)
+    for stage in ("parse", "auth", "prepare", "queue", "model", "handoff", "serialise"):
+        assert after.get(stage, 0) - before.get(stage, 0) >= 1, stage
+    key = {"authorization": f"Bearer {tenant['api_key']}"}
+    client.post("/v1/adapters", json={"tenant": tenant["tenant"], "adapter": "s", "labels": ["a", "b"]}, headers=key)
+    before = _stage_counts(client)
+    r = client.post("/v1/predict", json={"tenant": tenant["tenant"], "adapter": "s", "inputs": ["x", "y" * 2000]},
+                    headers=key)
+    assert r.status_code == 200, r.text
+    after = _stage_counts(client)
+    for stage in ("head", "admit", "prepare", "model"):  # a tenant key is rate limited: admit
+        assert after.get(stage, 0) - before.get(stage, 0) >= 1, stage
+
+
+def test_request_metrics_count_by_route_template_and_status(client):
+    """The plain-ASGI request metrics see the status actually sent, errors included."""
+    before_ok, before_bad = _requests(client, "/v1/embed", 200), _requests(client, "/v1/embed", 400)
+    before_job = _requests(client, "/v1/jobs/{job_id}", 404)
+    client.post("/v1/embed", json={"inputs": ["fine"]})
+    client.post("/v1/embed", json={"inputs": []})
+    client.get("/v1/jobs/no-such-job")
+    assert _requests(client, "/v1/embed", 200) == before_ok + 1
+    assert _requests(client, "/v1/embed", 400) == before_bad + 1
+    assert _requests(client, "/v1/jobs/{job_id}", 404) == before_job + 1

@@ -3,11 +3,14 @@ against the Kubernetes schemas, and names only probe paths, ports and settings t
 service really serves and reads."""
 from __future__ import annotations
 
+import copy
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -20,9 +23,9 @@ K8S_VERSION = "1.33.0"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
 
 
-def render(overlay: str) -> list[dict]:
+def render(overlay: str, root: str = "k8s/overlays") -> list[dict]:
     kubectl = Path(sys.executable).with_name("kubectl")
-    out = subprocess.run([str(kubectl), "kustomize", str(ROOT / "k8s/overlays" / overlay)],
+    out = subprocess.run([str(kubectl), "kustomize", str(ROOT / root / overlay)],
                          check=True, capture_output=True, text=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
@@ -114,3 +117,121 @@ def test_dashboard_queries_name_real_metrics():
     queried = {re.sub(r"_(bucket|sum|count|total)$", "", m) for e in exprs for m in re.findall(r"graft_[a-z_]+", e)}
     defined = {re.sub(r"_total$", "", name) for name in defined} | {"graft_finetune_jobs"}  # jobs_by_status()
     assert queried and queried <= defined, queried - defined
+
+
+# -- KServe (k8s/kserve) -----------------------------------------------------------------
+# kubernetes-validate has no KServe schemas: the ServingRuntime and InferenceService are
+# validated with jsonschema against KServe's own CRD schemas, trimmed and vendored in
+# tests/integration/kserve_crds.json (its "$comment" names the source), and the runtime's
+# containers and volumes, which are core/v1, against Kubernetes' schemas as a Pod's.
+
+KSERVE = {("serving.kserve.io/v1alpha1", "ServingRuntime"), ("serving.kserve.io/v1beta1", "InferenceService")}
+
+
+def strict(schema: dict) -> dict:
+    """The CRD schema rejecting unknown fields, as `kubectl apply` does (strict field
+    validation), except where the CRD itself keeps unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def kserve_validators() -> dict[str, jsonschema.Validator]:
+    crds = json.loads((Path(__file__).with_name("kserve_crds.json")).read_text())
+    return {kind: jsonschema.Draft7Validator(strict(crds[kind])) for _, kind in KSERVE}
+
+
+@pytest.fixture(scope="module")
+def kserve_docs() -> list[dict]:
+    return render("kserve", root="k8s")
+
+
+def test_kserve_variant_validates_against_the_schemas(kserve_docs, kserve_validators):
+    docs = kserve_docs
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {("ServingRuntime", "graft"), ("InferenceService", "graft"), ("ConfigMap", "graft-settings"),
+            ("Deployment", "graft-trainer"), ("PodMonitor", "graft-api")} <= kinds
+    # KServe makes the API's Deployment, Service and autoscaler: the base's are gone.
+    assert not kinds & {("Deployment", "graft-api"), ("Service", "graft-api"),
+                        ("HorizontalPodAutoscaler", "graft-api"), ("ServiceMonitor", "graft-api")}
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in KSERVE:
+            kserve_validators[doc["kind"]].validate(doc)
+        elif key not in CRDS:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    runtime = find(docs, "ServingRuntime", "graft")["spec"]
+    predictor = find(docs, "InferenceService", "graft")["spec"]["predictor"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graft-predictor"},
+           "spec": {"containers": runtime["containers"], "volumes": runtime["volumes"],
+                    "securityContext": predictor["securityContext"],
+                    "terminationGracePeriodSeconds": predictor["terminationGracePeriodSeconds"]}}
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("kind,path,value", [
+    ("ServingRuntime", ["spec", "protocolVersion"], ["v2"]),  # the field is protocolVersions
+    ("ServingRuntime", ["spec", "supportedModelFormats"], [{"version": "1"}]),  # name is required
+    ("InferenceService", ["spec", "predictor", "model", "runtme"], "graft"),
+    ("InferenceService", ["spec", "predictor", "scaleMetric"], "gpu"),  # not in the enum
+])
+def test_kserve_schemas_catch_mistakes(kserve_docs, kserve_validators, kind, path, value):
+    """Guards the guard: the vendored schemas are not vacuous."""
+    doc = copy.deepcopy(next(d for d in kserve_docs if d["kind"] == kind))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        kserve_validators[kind].validate(doc)
+
+
+def test_kserve_variant_matches_what_the_service_serves_and_reads(kserve_docs, server):
+    docs = kserve_docs
+    runtime = find(docs, "ServingRuntime", "graft")["spec"]
+    isvc = find(docs, "InferenceService", "graft")
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["runtime"] == "graft" and model["protocolVersion"] == "v2" in runtime["protocolVersions"]
+    assert {"name": model["modelFormat"]["name"], "version": model["modelFormat"]["version"]} in [
+        {"name": f["name"], "version": f.get("version")} for f in runtime["supportedModelFormats"]]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] in ("RawDeployment", "Standard")
+
+    (container,) = runtime["containers"]
+    assert container["name"] == "kserve-container"
+    trainer = find(docs, "Deployment", "graft-trainer")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == trainer["image"]  # one Graft image for both
+    known = {f"GRAFT_{name.upper()}" for name in Settings.model_fields} | {"BENTOML_HOME"}
+    env = env_of(container, docs)  # the base's ConfigMap graft-settings, then the container's own
+    assert set(env) <= known, set(env) - known
+    assert env["GRAFT_TRAIN_WORKERS"] == "0" and env_of(trainer, docs)["GRAFT_HOME"] == env["GRAFT_HOME"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert list(ports.values()) == [int(env["GRAFT_PORT"])]  # KServe routes to the first port
+    with server.client(None) as c:  # probes carry no key
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            get = container[probe]["httpGet"]
+            assert ports.get(get["port"], get["port"]) == int(env["GRAFT_PORT"]), probe
+            assert get["path"].startswith("/v2/health/") and c.get(get["path"]).status_code == 200, probe
+        monitor = find(docs, "PodMonitor", "graft-api")["spec"]["podMetricsEndpoints"][0]
+        assert monitor["port"] in ports and c.get(monitor["path"]).status_code == 200
+        assert runtime["annotations"]["prometheus.kserve.io/path"] == monitor["path"]
+        assert int(runtime["annotations"]["prometheus.kserve.io/port"]) == int(env["GRAFT_PORT"])
+
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert predictor["securityContext"]["runAsNonRoot"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["GRAFT_HOME"] in mounts and "/tmp" in mounts
+    # The base's PodDisruptionBudget and NetworkPolicy select the predictor pods.
+    labels = predictor["labels"]
+    for kind in ("PodDisruptionBudget", "NetworkPolicy"):
+        spec = find(docs, kind, "graft-api")["spec"]
+        selector = spec.get("selector") or spec["podSelector"]
+        assert selector["matchLabels"].items() <= labels.items(), kind
+    ingress = {p["port"] for rule in find(docs, "NetworkPolicy", "graft-api")["spec"]["ingress"] for p in rule["ports"]}
+    assert int(env["GRAFT_PORT"]) in ingress
