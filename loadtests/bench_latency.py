@@ -2,7 +2,9 @@
 
 - raw ONNX Runtime in this process, the text backbone as served: one text per call (p50
   and texts/s), and 16 texts as one padded call or row by row;
-- Graft over HTTP, per server layout (one worker with every core to ORT, or one worker per
+- Graft over HTTP (the concurrent loads from a lean asyncio client, loadtests.common
+  lean_http_load: httpx cost more CPU per request than the servers on this shared machine),
+  per server layout (one worker with every core to ORT, or one worker per
   core with one ORT thread each): /livez p50 (the HTTP stack's floor), one sequential
   client sending one text (p50, and the service's own per-stage breakdown from
   graft_stage_seconds), 32 clients × 1 text and 8 clients × 16 texts (texts/s);
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 import httpx
 
-from loadtests.common import http_load, publish
+from loadtests.common import lean_http_load, publish
 from loadtests.data import rotten_tomatoes
 
 BEGIN, END = "<!-- bench_latency:begin -->", "<!-- bench_latency:end -->"
@@ -114,9 +116,9 @@ def loads(url: str, path: str, body: Callable[[list[str]], dict[str, Any]], text
     """The issue's three loads against one server."""
     with httpx.Client(base_url=url, headers=headers) as c:
         p50 = sequential_p50(lambda i: c.post(path, json=body([texts[i % len(texts)]])).raise_for_status(), 1000)
-    one = asyncio.run(http_load(url, path, lambda rng, n: body([texts[n % len(texts)]]), 1, seconds, clients=32,
+    one = asyncio.run(lean_http_load(url, path, lambda rng, n: body([texts[n % len(texts)]]), 1, seconds, clients=32,
                                 headers=headers))
-    sixteen = asyncio.run(http_load(url, path, lambda rng, n: body(window(texts, n * 16, 16)),
+    sixteen = asyncio.run(lean_http_load(url, path, lambda rng, n: body(window(texts, n * 16, 16)),
                                     16, seconds, clients=8, headers=headers))
     return {"p50": p50, "one": one[0], "sixteen": sixteen[0], "failed": one[2] + sixteen[2]}
 
@@ -138,7 +140,7 @@ def graft_figures(texts: list[str], seconds: float, env: dict[str, str], tmp: Pa
             stages = lone_breakdown(before, stage_means(c.get("/metrics").text))
         rest = loads(server.url, "/v1/embed", lambda batch: {"inputs": batch}, texts, seconds, bearer(ADMIN_KEY))
         # The OpenAI-compatible route (issue #18) under the same 8 × 16 load, in the same run.
-        openai = asyncio.run(http_load(
+        openai = asyncio.run(lean_http_load(
             server.url, "/v1/embeddings", lambda rng, n: {"model": "minilm-l6", "input": window(texts, n * 16, 16)},
             16, seconds, clients=8, headers=bearer(ADMIN_KEY)))
     finally:

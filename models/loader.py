@@ -27,11 +27,9 @@ def load_backbone(
     intra_op_threads: int = 0,
     image_limits: ImageLimits | None = None,
     split_layers: int = 0,
-    spinning: bool = True,
 ) -> Backbone:
     """`split_layers`: text backbones also load their lower and upper graphs split below
-    that many top layers, for deep (LoRA) adapters; 0: head-only. `spinning`: whether ORT's
-    threads spin-wait between calls (models/runtime.OrtRunner)."""
+    that many top layers, for deep (LoRA) adapters; 0: head-only."""
     from models.text import SplitRunner, TextBackbone
 
     spec = resolve_spec(name)
@@ -44,7 +42,7 @@ def load_backbone(
         model_path, chosen = int8.path, int8.precision
     else:
         model_path = ensure_artifact(spec, chosen, home)
-    runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads, spinning)
+    runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
     backbone: Backbone
     if spec.kind == "image":
         backbone = ImageBackbone(spec, runner, image_limits)
@@ -56,8 +54,8 @@ def load_backbone(
 
             shape = split_shape(spec, split_layers)
             lower, upper = ensure_split(spec, shape, home)
-            split = SplitRunner(shape, OrtRunner(lower, ort_provider, "fp32", intra_op_threads, spinning),
-                                OrtRunner(upper, ort_provider, "fp32", intra_op_threads, spinning))
+            split = SplitRunner(shape, OrtRunner(lower, ort_provider, "fp32", intra_op_threads),
+                                OrtRunner(upper, ort_provider, "fp32", intra_op_threads))
         backbone = TextBackbone(spec, runner, split)
     backbone.int8 = int8.describe() if int8 else None
     log.info(

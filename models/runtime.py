@@ -70,18 +70,13 @@ def choose_provider(requested: str) -> str:
 class OrtRunner:
     """One inference session over a graph with one output (the embeddings)."""
 
-    def __init__(self, model_path: Path, provider: str, precision: str, intra_op_threads: int = 0,
-                 spinning: bool = True) -> None:
-        """`spinning`: ORT's intra-op threads spin-wait for the next call (its default). A
-        server turns it off: spinning threads take the cores its event loop needs."""
+    def __init__(self, model_path: Path, provider: str, precision: str, intra_op_threads: int = 0) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
-        if not spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
         self.provider = self.session.get_providers()[0]

@@ -26,7 +26,6 @@ The contract is /v1/embed's and /v1/predict's, through the same code:
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Awaitable, Callable
 
 import bentoml
@@ -35,10 +34,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
 from service.auth import Principal
 from service.errors import DOMAIN_ERRORS, GraftError, MethodNotAllowed, translate
-from service.compat import caller, json_response
+from service.compat import Observed, caller, json_response
 from service.http import _error, parse
 from service.schemas import EmbedRequest, PredictRequest
 
@@ -64,15 +62,7 @@ class Gate:
         if model is None:
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before it answers
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        observed = Observed(scope, send)
         try:
             try:
                 if scope["method"] != "POST":
@@ -83,15 +73,15 @@ class Gate:
                 await parse(model, request)
                 body = await request.body()  # read once by parse, within GRAFT_MAX_BODY_MB
             except MAPPED as exc:
-                await _error(translate(exc))(scope, receive, send_and_note)
+                await _error(translate(exc))(scope, receive, observed.send)
                 return
             # The body was read as JSON whatever Content-Type said (as /v1 reads it: curl -d
             # sends a form type); BentoML picks its parser by that header, so it says JSON now.
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
             inner = {**scope, "headers": [*headers, (b"content-type", b"application/json")], PRINCIPAL: who}
-            await self.app(inner, _replay(body, receive), send_and_note)
+            await self.app(inner, _replay(body, receive), observed.send)
         finally:
-            metrics.observe_http(scope["path"], scope["method"], status, time.perf_counter() - started)
+            observed.done(scope["path"])
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

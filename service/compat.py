@@ -19,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.responses import Response
+from starlette.types import Message, Scope, Send
 
 from service import metrics
 from service.auth import Principal
@@ -67,6 +68,24 @@ def json_response(body: Any, status: int = 200) -> Response:
     response = Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json")
     metrics.observe_stage("serialise", time.perf_counter() - started)
     return response
+
+
+class Observed:
+    """One HTTP request's `send`, noting the status it sends; `done(route)` counts the request
+    by route (a template, never a raw path) with that status (500 if it failed before it
+    answered) and its duration. For plain ASGI middleware (no BaseHTTPMiddleware task)."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.method, self._send = scope["method"], send
+        self.status, self.started = 500, time.perf_counter()
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+    def done(self, route: str) -> None:
+        metrics.observe_http(route, self.method, self.status, time.perf_counter() - self.started)
 
 
 def with_error_headers(response: Response, err: GraftError) -> Response:

@@ -15,11 +15,11 @@ from fastapi.routing import APIRoute
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
 from service.auth import Principal
-from service.compat import caller, engine, json_response, read_limited, with_error_headers
+from service.compat import Observed, caller, engine, json_response, read_limited, with_error_headers
 from service.errors import (
     DOMAIN_ERRORS, GraftError, InvalidInput, MethodNotAllowed, NotFound, from_validation, translate,
 )
@@ -44,6 +44,26 @@ app = FastAPI(
     description="Frozen pretrained backbones with per-tenant adapters, served on ONNX Runtime. "
                 "Send `Authorization: Bearer <key>` (a tenant's key or the admin key).",
 )
+
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's description, with the `$defs` of the bodies that routes read themselves
+    (json_body, openapi_extra: here and in the compatibility routers) moved to the
+    components, where their `$ref`s point; left inside, the refs did not resolve and
+    schemathesis could not generate those bodies (tests/integration/test_fuzz.py)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for item in schema["paths"].values():
+            for operation in item.values():
+                for media in operation.get("requestBody", {}).get("content", {}).values():
+                    components.update(media.get("schema", {}).pop("$defs", {}))
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]
 
 TenantPath = Path(pattern=NAME_PATTERN, description="tenant id")
 AdapterPath = Path(pattern=NAME_PATTERN, description="adapter name")
@@ -79,21 +99,11 @@ class RouteMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before it answers
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        observed = Observed(scope, send)
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive, observed.send)
         finally:
-            route = scope.get("route")
-            metrics.observe_http(getattr(route, "path", "unmatched"), scope["method"], status,
-                                 time.perf_counter() - started)
+            observed.done(getattr(scope.get("route"), "path", "unmatched"))
 
 
 app.add_middleware(RouteMetrics)

@@ -176,7 +176,7 @@ class Inference:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
-                    image_limits=s.image_limits(), split_layers=s.split_layers, spinning=s.ort_spinning,
+                    image_limits=s.image_limits(), split_layers=s.split_layers,
                 )
             except Exception as e:
                 # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.

@@ -24,9 +24,6 @@ class Settings(BaseSettings):
     )
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
-    ort_spinning: bool = Field(
-        False, description="ORT's threads spin-wait between calls (ORT's own default); off: they leave the cores to "
-                           "the event loop, which serves lone requests sooner on small machines (docs/BENCHMARKS.md)")
     split_layers: int = Field(
         2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA) adapters adapt, served from "
                                     "split lower/upper graphs; 0 = head adapters only")

@@ -21,6 +21,21 @@ def operations(server):
 
 
 def test_every_operation_survives_generated_input(server, operations):
+    _fuzz(server, operations)
+
+
+def test_the_bentoml_endpoints_survive_generated_input(server):
+    """POST /embed and /predict (BentoML's clients; not in /openapi.json, which is the HTTP
+    app's) take /v1/embed's and /v1/predict's bodies: fuzzed with those schemas."""
+    import httpx
+
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec["paths"] = {"/embed": spec["paths"]["/v1/embed"], "/predict": spec["paths"]["/v1/predict"]}
+    schema = schemathesis.openapi.from_dict(spec)
+    _fuzz(server, {f"{op.method.upper()} {op.path}": op for op in (r.ok() for r in schema.get_all_operations())})
+
+
+def _fuzz(server, operations) -> None:
     failures: list[str] = []
     codes: dict[int, int] = {}
     for label, op in sorted(operations.items()):
