@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.registry import Registry, default_url
-from service.auth import load_signing_key
+from service.auth import Principal, load_signing_key
 from service.inference import Inference
 from service.jobs import Jobs
 from service.settings import Settings
@@ -39,6 +39,13 @@ class Engine:
 
     async def wait_ready(self) -> None:
         await self.inference.wait_ready()
+
+    async def admit(self, principal: Principal, items: int) -> None:
+        """An inference request may go on: the backbones are loaded (else 503, and the
+        tenant's rate limit is not charged for a request that cannot be served), and the
+        tenant's rate limit takes its items (else 429)."""
+        self.inference.require_loaded()
+        await self.tenancy.admit(principal, items)
 
     def status(self) -> dict[str, Any]:
         """ready, loading, failed; or degraded: serving resident adapters, registry unreachable."""

@@ -129,7 +129,7 @@ class GraftServicer(pb_grpc.GraftServicer):
     @rpc
     async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
         items = _items(request)
-        await self.engine.tenancy.admit(who, len(items))
+        await self.engine.admit(who, len(items))
         out = await self.engine.inference.embed(items, request.backbone or None)
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
@@ -143,7 +143,7 @@ class GraftServicer(pb_grpc.GraftServicer):
         body = PredictRequest(tenant=request.tenant, adapter=request.adapter or "default",
                               inputs=[], top_k=request.top_k or 1)
         who.authorize(body.tenant)
-        await self.engine.tenancy.admit(who, len(items))
+        await self.engine.admit(who, len(items))
         out = await self.engine.inference.predict(body.tenant, body.adapter, items, body.top_k)
         return pb.PredictResponse(
             tenant=out.tenant, adapter=out.adapter, version=out.version, backbone=out.backbone,

@@ -159,7 +159,7 @@ async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
 
 async def embed_answer(who: Principal, inputs: list[Any], backbone: str | None) -> dict[str, Any]:
     """/v1/embed's answer, after its body is validated (the BentoML endpoint's too: service/bento_api.py)."""
-    await engine().tenancy.admit(who, len(inputs))
+    await engine().admit(who, len(inputs))
     out = await engine().inference.embed(raw_items(inputs), backbone)
     return {
         "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
@@ -177,7 +177,7 @@ async def predict(request: Request, who: Principal = Depends(caller)) -> Respons
 async def predict_answer(who: Principal, tenant: str, adapter: str, inputs: list[Any], top_k: int) -> dict[str, Any]:
     """/v1/predict's answer, after its body is validated (the BentoML endpoint's too: service/bento_api.py)."""
     who.authorize(tenant)
-    await engine().tenancy.admit(who, len(inputs))
+    await engine().admit(who, len(inputs))
     out = await engine().inference.predict(tenant, adapter, raw_items(inputs), top_k)
     return {"tenant": out.tenant, "adapter": out.adapter, "version": out.version,
             "backbone": out.backbone, "predictions": out.predictions}

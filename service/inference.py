@@ -217,7 +217,7 @@ class Inference:
 
     # -- backbones -------------------------------------------------------------------
 
-    def _require_loaded(self) -> None:
+    def require_loaded(self) -> None:
         if self._failure:
             raise Unavailable(f"{self._failure}; see the server log and /readyz")
         if not self.ready:
@@ -298,7 +298,7 @@ class Inference:
     async def predict(self, tenant: str, adapter: str, items: list[Any], top_k: int = 1) -> Prediction:
         if top_k < 1:
             raise InvalidInput("top_k must be at least 1")
-        self._require_loaded()  # else an adapter's backbone would look "not configured" (409)
+        self.require_loaded()  # else an adapter's backbone would look "not configured" (409)
         try:
             async with self.cache.lease(tenant, adapter) as head:
                 model = self.backbone(head.config.backbone)

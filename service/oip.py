@@ -461,12 +461,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         head["id"] = body.id
     if model.backbone is not None:
         requested = _requested(body, ["embedding"])
-        await engine().tenancy.admit(who, len(items))
+        await engine().admit(who, len(items))
         out = await engine().inference.embed(items, model.backbone.id)
         return _response(head, {"embedding": ("FP32", out.vectors, {})}, requested)
     assert model.tenant is not None and model.adapter is not None
     requested = _requested(body, ["label", "scores"])
-    await engine().tenancy.admit(who, len(items))
+    await engine().admit(who, len(items))
     prediction = await engine().inference.predict(model.tenant, model.adapter, items, _ALL_LABELS)
     _check_version(model, version, prediction.version)
     labels = sorted(t["label"] for t in prediction.predictions[0]["top"])

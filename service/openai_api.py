@@ -192,7 +192,7 @@ async def embeddings(request: Request) -> Response:
     if dimensions is not None and dimensions != backbone.dim:
         raise _bad(f"dimensions={dimensions}: {model} gives {backbone.dim}-dimensional embeddings and cannot shorten them "
                    f"(it was not trained for truncation); omit dimensions or send {backbone.dim}", "dimensions")
-    await engine().tenancy.admit(who, len(texts))
+    await engine().admit(who, len(texts))
     out = await engine().inference.embed(list(texts), model)
     tokens = out.tokens
     vectors = out.vectors

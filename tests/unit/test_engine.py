@@ -150,3 +150,25 @@ def test_images_decode_in_their_own_bounded_pool(graft_home, tmp_path):
 
     asyncio.run(main())
     assert peak == 2 and names and all(n.startswith("prepare") for n in names), (peak, names)
+
+
+def test_a_request_refused_while_loading_is_not_charged_to_the_rate_limit(graft_home, tmp_path):
+    """Engine.admit: 503 while the backbones load, before the tenant's bucket is touched; once
+    loaded, the burst is whole (a refused request cost nothing)."""
+    from service.auth import Principal
+    from service.errors import RateLimited
+
+    async def main():
+        engine = make(graft_home, tmp_path, backbones=["minilm-l6"], rate_limit_rps=0.001, rate_limit_burst=2)
+        who = Principal(tenant="t")
+        for _ in range(3):
+            with pytest.raises(Unavailable):
+                await engine.admit(who, 1)
+        await engine.wait_ready()
+        await engine.admit(who, 1)
+        await engine.admit(who, 1)  # the burst of 2, whole
+        with pytest.raises(RateLimited):
+            await engine.admit(who, 1)
+        await engine.close()
+
+    asyncio.run(main())
