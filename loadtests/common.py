@@ -63,22 +63,17 @@ def measure(fn: Callable[[list[Any]], object], texts: list[Any], batch: int, sec
 
 async def http_load(
     url: str, path: str, body: Callable[[random.Random, int], dict[str, Any]], items_per_request: int,
-    seconds: float, clients: int = 8, warmup_s: float = 1.0, headers: dict[str, str] | None = None,
+    seconds: float, clients: int = 8, warmup_s: float = 1.0,
 ) -> tuple[float, float, int]:
     """(items/s, p50 ms per request, failed requests) with `clients` concurrent clients.
 
-    `body(rng, n)` makes the n-th request of a client. `headers` go with every request; by
-    default the admin key of the test server authenticates (pass {} for a server, such as a
-    peer, that wants none). With clients=1 it is a sequential client: the p50 is the latency
-    of a request on an otherwise idle server.
+    `body(rng, n)` makes the n-th request of a client; the admin key authenticates.
     """
-    if headers is None:
-        from tests.integration.server import ADMIN_KEY, bearer
+    from tests.integration.server import ADMIN_KEY, bearer
 
-        headers = bearer(ADMIN_KEY)
     done, errors, lat = 0, 0, []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=bearer(ADMIN_KEY)) as client:
 
         async def worker(wid: int, until: float, record: bool) -> None:
             nonlocal done, errors

