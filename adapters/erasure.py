@@ -1,11 +1,11 @@
 """Erasing a tenant: everything Graft holds for it, in one transaction.
 
 Keys, adapters, versions, fine-tune jobs with their examples and events, and the tenant's
-cached vectors go; the tenant itself goes last. The writers' lock is taken first (as
-`JobQueue.publish` and `JobQueue.submit` do), so a job that finishes meanwhile either
-published before (and its version is erased here) or finds its job gone and publishes
-nothing. Every replica's adapter cache drops the tenant's adapters at its next registry
-poll (`AdapterCache.refresh` looks for tenants that disappeared).
+cached vectors and hidden states go; the tenant itself goes last. The writers' lock is
+taken first (as `JobQueue.publish` and `JobQueue.submit` do), so a job that finishes
+meanwhile either published before (and its version is erased here) or finds its job gone
+and publishes nothing. Every replica's adapter cache drops the tenant's adapters at its
+next registry poll (`AdapterCache.refresh` looks for tenants that disappeared).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import logging
 
 from sqlalchemy import delete, func, select
 
-from adapters.jobs import EmbeddingRow, JobEventRow, JobExamplesRow, JobRow
+from adapters.jobs import EmbeddingRow, HiddenStateRow, JobEventRow, JobExamplesRow, JobRow
 from adapters.keys import ApiKeyRow
 from adapters.registry import AdapterRow, Registry, TenantRow, VersionRow
 
@@ -37,6 +37,8 @@ def erase_tenant(registry: Registry, tenant: str) -> dict[str, int]:
             "job_examples": s.execute(delete(JobExamplesRow).where(JobExamplesRow.job_id.in_(jobs))).rowcount,
             "job_events": s.execute(delete(JobEventRow).where(JobEventRow.job_id.in_(jobs))).rowcount,
             "cached_vectors": s.execute(delete(EmbeddingRow).where(EmbeddingRow.tenant_id == tenant)).rowcount,
+            "cached_hidden_states": s.execute(delete(HiddenStateRow).where(
+                HiddenStateRow.tenant_id == tenant)).rowcount,
         }
         removed["jobs"] = s.execute(delete(JobRow).where(JobRow.tenant_id == tenant)).rowcount
         s.execute(delete(AdapterRow).where(AdapterRow.tenant_id == tenant))

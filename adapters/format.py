@@ -20,9 +20,9 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from models.split import TARGETS, LoraFactors
+from models.split import TARGETS, LoraFactors, SplitShape, UnfrozenLayers
 
-METHODS = ("head", "lora")
+METHODS = ("head", "lora", "unfreeze")
 MAX_LORA_RANK = 64
 
 HEAD_KINDS = {
@@ -49,9 +49,12 @@ class AdapterConfig:
     weights_sha256: str = ""
     # "head": a head on the backbone's vectors; "lora": LoRA factors of the top layers too
     # (tensors lora_a.<layer>.<target> and lora_b.<layer>.<target>, scale folded into B),
-    # with `lora` = {"rank", "alpha", "layers", "split", "targets"}.
+    # with `lora` = {"rank", "alpha", "layers", "split", "targets"}; "unfreeze": every weight
+    # of the top layers too (tensors layer.<layer>.<param path>), with `unfreeze` = {"layers",
+    # "split", "backbone_layers", "hidden", "intermediate"} (the split shape they fit).
     method: str = "head"
     lora: dict[str, Any] | None = None
+    unfreeze: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -89,6 +92,21 @@ class Adapter:
         return LoraFactors({name[len("lora_a.") :]: (t, self.tensors["lora_b." + name[len("lora_a.") :]])
                             for name, t in self.tensors.items() if name.startswith("lora_a.")})
 
+    @cached_property
+    def unfrozen(self) -> UnfrozenLayers | None:
+        """The layer weights the upper_weights graph takes for this adapter's rows (None: not
+        an unfreeze adapter)."""
+        if self.config.method != "unfreeze":
+            return None
+        return UnfrozenLayers({name[len(LAYER_PREFIX) :]: t for name, t in self.tensors.items()
+                               if name.startswith(LAYER_PREFIX)})
+
+    @property
+    def deep(self) -> LoraFactors | UnfrozenLayers | None:
+        """What the backbone pass takes for this adapter's rows (TextBackbone.embed_deep), or
+        None: its rows take the whole graph."""
+        return self.lora if self.lora is not None else self.unfrozen
+
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         t = self.tensors
         if self.config.head == "linear":
@@ -101,10 +119,62 @@ class Adapter:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def check_lora(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
-    """A LoRA adapter's factors: paired, one rank, within bounds, only known targets."""
+LAYER_PREFIX = "layer."  # an unfreeze adapter's tensors: layer.<absolute layer>.<param path>
+
+
+def check_method(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
+    """What the config's method says the adapter carries beside its head, and nothing else."""
     if config.method not in METHODS:
         raise AdapterFormatError(f"unknown adapter method {config.method!r}: use one of {list(METHODS)}")
+    if config.method != "unfreeze" and any(n.startswith(LAYER_PREFIX) for n in tensors):
+        raise AdapterFormatError(f"a {config.method} adapter carries no layer weights")
+    if config.method == "unfreeze":
+        check_unfreeze(config, tensors)
+    else:
+        check_lora(config, tensors)
+
+
+def unfreeze_shape(config: AdapterConfig) -> SplitShape:
+    """The split shape an unfreeze adapter's config says its layers fit."""
+    u = config.unfreeze or {}
+    try:
+        return SplitShape(int(u["backbone_layers"]), int(u["split"]), int(u["hidden"]), int(u["intermediate"]))
+    except (KeyError, TypeError, ValueError):
+        raise AdapterFormatError("an unfreeze adapter needs its unfreeze settings: layers, split, backbone_layers, "
+                                 "hidden, intermediate") from None
+
+
+def check_unfreeze(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
+    """An unfreeze adapter's weights: exactly every parameter of its top `layers` layers (all
+    at or above the split), each of the shape the split shape gives it."""
+    shape = unfreeze_shape(config)
+    layers = int((config.unfreeze or {}).get("layers", 0))
+    offered = shape.layers - shape.split
+    if not 0 <= shape.split < shape.layers or not 1 <= layers <= offered:
+        raise AdapterFormatError(f"an unfreeze adapter of {layers} layers on a backbone split at {shape.split} of "
+                                 f"{shape.layers} layers: it may carry 1 to {max(offered, 0)} top layers")
+    if config.dim != shape.hidden:
+        raise AdapterFormatError(f"unfreeze layers of width {shape.hidden} for {config.dim}-d embeddings")
+    params = shape.layer_params()
+    expected = {f"{LAYER_PREFIX}{layer}.{path}": size for layer in range(shape.layers - layers, shape.layers)
+                for path, size in params.items()}
+    found = {n for n in tensors if n.startswith(LAYER_PREFIX)}
+    if found != set(expected):
+        unknown, missing = sorted(found - set(expected)), sorted(set(expected) - found)
+        raise AdapterFormatError(
+            f"an unfreeze adapter of the top {layers} layers carries layer.<{shape.layers - layers}-"
+            f"{shape.layers - 1}>.<param path> for every parameter of a layer; "
+            + (f"unknown: {unknown[:3]}" if unknown else f"missing: {missing[:3]}"))
+    for name, size in expected.items():
+        if tuple(tensors[name].shape) != size:
+            raise AdapterFormatError(f"unfreeze weight {name!r} has shape {tuple(tensors[name].shape)}, "
+                                     f"expected {size}")
+    if any(n.startswith(("lora_a.", "lora_b.")) for n in tensors):
+        raise AdapterFormatError("an unfreeze adapter carries no LoRA factors")
+
+
+def check_lora(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
+    """A LoRA adapter's factors: paired, one rank, within bounds, only known targets."""
     names = [n for n in tensors if n.startswith(("lora_a.", "lora_b."))]
     if config.method == "head":
         if names:
@@ -148,7 +218,7 @@ def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels:
 def encode(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> tuple[AdapterConfig, bytes]:
     """Serialise a new version: the config gains the SHA-256 of the safetensors bytes."""
     check_tensors(config.head, tensors, config.dim, len(config.labels))
-    check_lora(config, tensors)
+    check_method(config, tensors)
     weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
     sealed = AdapterConfig(**{**asdict(config), "weights_sha256": hashlib.sha256(weights).hexdigest()})
     return sealed, weights
@@ -184,14 +254,23 @@ def decode(
     except Exception as e:
         raise AdapterFormatError(f"adapter weights are not valid safetensors: {e}") from e
     check_tensors(config.head, tensors, dim, len(config.labels))
-    check_lora(config, tensors)
-    if config.lora and split is not None and int(config.lora["split"]) != split:
+    check_method(config, tensors)
+    deep = config.lora or config.unfreeze
+    kind = "a LoRA" if config.lora else "an unfreeze"
+    if deep and split is not None and int(deep["split"]) != split:
         raise AdapterFormatError(
-            f"adapter adapts the layers from {config.lora['split']} up, but this backbone is split at layer "
+            f"adapter adapts the layers from {deep['split']} up, but this backbone is split at layer "
             f"{split} (GRAFT_SPLIT_LAYERS): serve it where the split matches, or retrain it")
-    if config.lora and split is None:
-        raise AdapterFormatError("a LoRA adapter needs a split backbone (GRAFT_SPLIT_LAYERS > 0) to serve it")
+    if deep and split is None:
+        raise AdapterFormatError(f"{kind} adapter needs a split backbone (GRAFT_SPLIT_LAYERS > 0) to serve it")
     return Adapter(config=config, tensors=tensors, version=version)
+
+
+def deep_tensors(deep: LoraFactors | UnfrozenLayers) -> dict[str, np.ndarray]:
+    """A deep adapter's tensors as a version stores them (the inverse of `Adapter.deep`)."""
+    if isinstance(deep, UnfrozenLayers):
+        return {LAYER_PREFIX + name: w for name, w in deep.weights.items()}
+    return {f"lora_{ab}.{key}": m for key, (a, b) in deep.factors.items() for ab, m in (("a", a), ("b", b))}
 
 
 def write_dir(path: Path, config: AdapterConfig, weights: bytes) -> None:

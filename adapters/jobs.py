@@ -29,6 +29,7 @@ from adapters.registry import Base, NotFoundError, QuotaExceeded, Registry, utc
 log = logging.getLogger(__name__)
 
 INSERT_CHUNK = 5000  # rows per multi-row INSERT
+HIDDEN_INSERT_CHUNK = 200  # hidden-state rows (tens of KB each) per INSERT
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -91,6 +92,21 @@ class EmbeddingRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(32), primary_key=True)
     text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+
+
+class HiddenStateRow(Base):
+    """Hidden-state cache: what the serving lower graph computed for a text (float16 bytes,
+    `tokens` x hidden), so a tenant's next deep-adapter job on it skips the graph. Keyed per
+    tenant and by `TextBackbone.hidden_key` (weights, split layer, lower graph file and
+    precision); swept with the embedding cache (GRAFT_EMBEDDING_CACHE_DAYS)."""
+
+    __tablename__ = "hidden_state_cache"
+    tenant_id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    state_key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    text_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    states: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
 
 
@@ -341,10 +357,10 @@ class JobQueue:
             self._event(s, row.id, "succeeded", {"version": version})
             return version
 
-    # -- embedding cache (per tenant) and retention ------------------------------------------
+    # -- embedding and hidden-state caches (per tenant) and retention ------------------------
 
     def embedding_cache(self, tenant: str) -> TenantEmbeddings:
-        """The pipeline's embedding cache for one tenant's job."""
+        """The pipeline's embedding (and hidden-state) cache for one tenant's job."""
         return TenantEmbeddings(self, tenant)
 
     def cached_embeddings(self, tenant: str, fingerprint: str, texts: list[str]) -> dict[str, bytes]:
@@ -375,15 +391,47 @@ class JobQueue:
             for i in range(0, len(rows), INSERT_CHUNK):
                 s.execute(insert(EmbeddingRow).values(rows[i : i + INSERT_CHUNK]).on_conflict_do_nothing())
 
+    def cached_hidden_states(self, tenant: str, key: str, texts: list[str]) -> dict[str, tuple[int, bytes]]:
+        """Each cached text's (token count, float16 bytes) under `key` (TextBackbone.hidden_key)."""
+        keys = {text_key(t): t for t in texts}
+        found: dict[str, tuple[int, bytes]] = {}
+        with self.session() as s:
+            items = list(keys)
+            for i in range(0, len(items), 500):
+                rows = s.execute(select(HiddenStateRow.text_sha256, HiddenStateRow.tokens, HiddenStateRow.states).where(
+                    HiddenStateRow.tenant_id == tenant, HiddenStateRow.state_key == key,
+                    HiddenStateRow.text_sha256.in_(items[i : i + 500]))).all()
+                found.update({keys[k]: (int(n), bytes(v)) for k, n, v in rows})
+        return found
+
+    def store_hidden_states(self, tenant: str, key: str, states: dict[str, tuple[int, bytes]]) -> None:
+        """Insert, leaving rows another worker wrote meanwhile (as store_embeddings)."""
+        if not states:
+            return
+        with self.session.begin() as s:
+            if s.bind.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            now = _now()
+            rows = [{"tenant_id": tenant, "state_key": key, "text_sha256": text_key(t), "tokens": n, "states": v,
+                     "created_at": now} for t, (n, v) in states.items()]
+            # Rows are tens of KB each: statements of a few MB, not one of hundreds.
+            for i in range(0, len(rows), HIDDEN_INSERT_CHUNK):
+                s.execute(insert(HiddenStateRow).values(rows[i : i + HIDDEN_INSERT_CHUNK]).on_conflict_do_nothing())
+
     def sweep(self, *, embeddings_days: float, kept_examples_days: float) -> dict[str, int]:
-        """Retention: cached vectors older than `embeddings_days` and kept examples of jobs
-        that ended more than `kept_examples_days` ago are deleted (0 = keep forever)."""
-        removed = {"cached_vectors": 0, "kept_examples": 0}
+        """Retention: cached vectors and hidden states older than `embeddings_days` and kept
+        examples of jobs that ended more than `kept_examples_days` ago are deleted (0 = keep
+        forever)."""
+        removed = {"cached_vectors": 0, "cached_hidden_states": 0, "kept_examples": 0}
         with self.session.begin() as s:
             now = self._db_now(s)
             if embeddings_days > 0:
                 removed["cached_vectors"] = s.execute(delete(EmbeddingRow).where(
                     EmbeddingRow.created_at < now - timedelta(days=embeddings_days))).rowcount
+                removed["cached_hidden_states"] = s.execute(delete(HiddenStateRow).where(
+                    HiddenStateRow.created_at < now - timedelta(days=embeddings_days))).rowcount
             if kept_examples_days > 0:
                 ended = select(JobRow.id).where(JobRow.finished_at < now - timedelta(days=kept_examples_days))
                 removed["kept_examples"] = s.execute(delete(JobExamplesRow).where(
@@ -448,7 +496,8 @@ class JobQueue:
 
 @dataclass(frozen=True)
 class TenantEmbeddings:
-    """One tenant's view of the embedding cache (the pipeline's EmbeddingCache)."""
+    """One tenant's view of the embedding and hidden-state caches (the pipeline's
+    EmbeddingCache)."""
 
     queue: JobQueue
     tenant: str
@@ -458,6 +507,12 @@ class TenantEmbeddings:
 
     def store_embeddings(self, fingerprint: str, vectors: dict[str, bytes]) -> None:
         self.queue.store_embeddings(self.tenant, fingerprint, vectors)
+
+    def cached_hidden_states(self, key: str, keys: list[str]) -> dict[str, tuple[int, bytes]]:
+        return self.queue.cached_hidden_states(self.tenant, key, keys)
+
+    def store_hidden_states(self, key: str, states: dict[str, tuple[int, bytes]]) -> None:
+        self.queue.store_hidden_states(self.tenant, key, states)
 
 
 class QueueFull(QuotaExceeded):

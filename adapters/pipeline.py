@@ -16,8 +16,8 @@ import numpy as np
 
 from adapters import zero_shot
 from adapters.evaluation import evaluate, stratified_split
-from adapters.format import Adapter, AdapterConfig, encode
-from adapters.deep import LoraParams, train_lora
+from adapters.format import Adapter, AdapterConfig, deep_tensors, encode
+from adapters.deep import DeepParams, LoraParams, UnfreezeParams, train_lora, train_unfreeze
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone
 from models.split import TARGET_NAMES
@@ -25,11 +25,21 @@ from models.base import ItemError
 
 
 TRAIN_FIELDS = {f.name for f in fields(TrainParams)}
+DEEP_METHODS = ("lora", "unfreeze")  # trained on hidden states of a split text backbone (adapters/deep.py)
 
 
-class EmbeddingCache(Protocol):
+class HiddenStateCache(Protocol):
+    """One tenant's hidden states of already-seen texts per `TextBackbone.hidden_key`: each
+    (token count, float16 bytes of the (tokens, hidden) array)."""
+
+    def cached_hidden_states(self, key: str, keys: list[str]) -> dict[str, tuple[int, bytes]]: ...
+
+    def store_hidden_states(self, key: str, states: dict[str, tuple[int, bytes]]) -> None: ...
+
+
+class EmbeddingCache(HiddenStateCache, Protocol):
     """One tenant's vectors of already-embedded items (text or base64 image) per backbone
-    fingerprint (JobQueue.embedding_cache)."""
+    fingerprint, and its hidden states for deep adapters (JobQueue.embedding_cache)."""
 
     def cached_embeddings(self, fingerprint: str, keys: list[str]) -> dict[str, bytes]: ...
 
@@ -76,9 +86,9 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
         where.setdefault(k, e.get("at", f"examples[{i}]"))
     train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
     report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
-    lora = params.get("method") == "lora"
-    # LoRA trains on hidden states: only the validation rows need vectors (for the baselines).
-    needed = val_idx if lora else np.arange(len(keys))
+    deep = params.get("method") in DEEP_METHODS
+    # Deep methods train on hidden states: only the validation rows need vectors (for the baselines).
+    needed = val_idx if deep else np.arange(len(keys))
     x = np.zeros((len(keys), backbone.dim), dtype=np.float32)
     x[needed] = embed_cached(backbone, [keys[i] for i in needed], cache, report, where)
     x_train, y_train = x[train_idx], y[train_idx]
@@ -101,18 +111,18 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     }
     if active is not None:
         index = {label: i for i, label in enumerate(labels)}
-        active_x = x_val if active.lora is None else backbone.embed_deep(  # type: ignore[attr-defined]
-            [keys[i] for i in val_idx], [active.lora] * len(val_idx)).vectors
+        active_x = x_val if active.deep is None else backbone.embed_deep(  # type: ignore[attr-defined]
+            [keys[i] for i in val_idx], [active.deep] * len(val_idx)).vectors
         active_pred = active.predict_proba(active_x).argmax(1)
         baselines["active"] = evaluate(y_val, np.array([index.get(active.labels[q], -1) for q in active_pred]), labels)
         baselines["active"]["version"] = active.version
     init = None
     if p.continual and active is not None:
-        init = continual_init("linear" if lora else p.head, labels, active.labels, active.config.head,
+        init = continual_init("linear" if deep else p.head, labels, active.labels, active.config.head,
                               active.tensors, zs_tensors["weight"])
-    if lora:
-        return _train_lora(backbone, params, keys, y, labels, train_idx, val_idx, baselines, active,
-                           init if p.continual else None,
+    if deep:
+        return _train_deep(backbone, params, keys, y, labels, train_idx, val_idx, baselines, active,
+                           init if p.continual else None, cache=cache,
                            report=report, promote_margin=promote_margin, job_id=job_id)
 
     def on_epoch(r: EpochReport) -> bool:
@@ -152,28 +162,52 @@ def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
                             "(GRAFT_SPLIT_LAYERS)")
     rank = int(params.get("lora_rank") or 8)
     names = params.get("lora_targets") or list(TARGET_NAMES)
-    given = {k: params[k] for k in ("epochs", "batch_size", "lr", "patience", "weight_decay", "warmup_fraction",
-                                    "seed", "layer_decay", "gradual_unfreeze") if params.get(k) is not None}
     return LoraParams(rank=rank, alpha=float(params.get("lora_alpha") or 2 * rank), layers=layers,
-                      targets=tuple(TARGET_NAMES[n] for n in names), **given)
+                      targets=tuple(TARGET_NAMES[n] for n in names), **_loop_params(params))
 
 
-def _train_lora(backbone: Any, params: dict[str, Any], keys: list[str], y: np.ndarray, labels: list[str],
+def unfreeze_params(params: dict[str, Any], shape: Any, max_bytes: int | None = None) -> UnfreezeParams:
+    """The unfreeze recipe from a job's params, the unset ones at their defaults; InvalidParams
+    when they do not fit this backbone, or its layers' weights would exceed `max_bytes`."""
+    offered = shape.layers - shape.split
+    layers = params.get("unfreeze_layers") or offered
+    if layers > offered:
+        raise InvalidParams(f"unfreeze_layers {layers}: this backbone unfreezes at most its top {offered} layers "
+                            "(GRAFT_SPLIT_LAYERS)")
+    size, mib = layers * shape.layer_bytes, 1024 * 1024
+    if max_bytes is not None and size > max_bytes:
+        fits = max_bytes // shape.layer_bytes
+        raise InvalidParams(
+            f"unfreeze_layers {layers}: the adapter would carry {size / mib:.1f} MiB of layer weights "
+            f"({shape.layer_bytes / mib:.1f} MiB a layer), over GRAFT_MAX_UNFREEZE_BYTES ({max_bytes / mib:.1f} MiB): "
+            + (f"unfreeze at most {fits} layers" if fits else "use method lora") + ", or raise the setting")
+    return UnfreezeParams(layers=layers, **_loop_params(params))
+
+
+def _loop_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The shared training loop's knobs a job's params set (adapters/deep.py DeepParams)."""
+    return {k: params[k] for k in ("epochs", "batch_size", "lr", "patience", "weight_decay", "warmup_fraction",
+                                   "seed", "layer_decay", "gradual_unfreeze") if params.get(k) is not None}
+
+
+def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.ndarray, labels: list[str],
                 train_idx: np.ndarray, val_idx: np.ndarray, baselines: dict[str, Any], active: Adapter | None,
-                head_init: dict[str, np.ndarray] | None, *,
+                head_init: dict[str, np.ndarray] | None, *, cache: HiddenStateCache,
                 report: Reporter, promote_margin: float, job_id: str) -> Outcome:
-    """LoRA on the top layers: hidden states from the serving lower graph, the factors and a
-    head trained in torch (adapters/deep.py), evaluated through the serving upper graph.
-    Continual (`head_init` given): from the active version's head, and from its factors too
-    when it is a LoRA version of the same recipe."""
+    """LoRA on the top layers, or the top layers unfrozen: hidden states from the serving
+    lower graph, the layers' weights (LoRA factors, or all of them) and a head trained in
+    torch (adapters/deep.py), evaluated through the serving upper graph (upper_weights for
+    unfreeze). Continual (`head_init` given): from the active version's head, and from its
+    factors or layers too when it is a version of the same method and recipe."""
+    method = params["method"]
     shape = backbone.split_shape
     if backbone.kind != "text" or shape is None:
-        raise InvalidParams(f"method lora needs a text backbone split for deep adapters; {backbone.id!r} is not "
-                            "(GRAFT_SPLIT_LAYERS > 0, text backbones)")
-    p = lora_params(params, shape)
-    hidden = backbone.hidden_states(keys)
+        raise InvalidParams(f"method {method} needs a text backbone split for deep adapters; {backbone.id!r} is "
+                            "not (GRAFT_SPLIT_LAYERS > 0, text backbones)")
+    p: DeepParams = lora_params(params, shape) if method == "lora" else unfreeze_params(params, shape)
+    hidden, counts = hidden_cached(backbone, keys, cache, report)
     report.progress(0.2)
-    report.event("hidden_states", {"examples": len(keys), "split": shape.split, "layers": p.layers})
+    report.event("hidden_states", {"examples": len(keys), **counts, "split": shape.split, "layers": p.layers})
 
     def on_epoch(r: EpochReport) -> bool:
         report.progress(0.2 + 0.75 * r.epoch / p.epochs)
@@ -181,17 +215,29 @@ def _train_lora(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
                                "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
         return report.cancelled()
 
-    factors_init = None
-    if head_init is not None and active is not None and active.lora is not None and active.config.lora and all(
-            active.config.lora.get(k) == v for k, v in (("rank", p.rank), ("layers", p.layers), ("split", shape.split))):
-        factors_init = active.lora
-    trained = train_lora(backbone.upper_module(), shape, [hidden[i] for i in train_idx], y[train_idx],
-                         [hidden[i] for i in val_idx], y[val_idx], labels, p, on_epoch=on_epoch,
-                         head_init=head_init, factors_init=factors_init)
-    # Evaluated as it will serve: the ORT upper graph with these factors, then the head.
-    served = backbone.embed_deep([keys[i] for i in val_idx], [trained.factors] * len(val_idx)).vectors
-    tensors = {**trained.head, **{f"lora_{ab}.{key}": m for key, (a, b) in trained.factors.factors.items()
-                                  for ab, m in (("a", a), ("b", b))}}
+    if isinstance(p, LoraParams):
+        recipe: dict[str, Any] = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
+                                  "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
+        same = ("rank", "layers", "split")
+    else:
+        recipe = {"layers": p.layers, "split": shape.split, "backbone_layers": shape.layers, "hidden": shape.hidden,
+                  "intermediate": shape.intermediate}
+        same = ("layers", "split")
+    active_recipe = (active.config.lora or active.config.unfreeze) if active is not None else None
+    weights_init = None
+    if head_init is not None and active is not None and active.config.method == method and active_recipe and all(
+            active_recipe.get(k) == recipe[k] for k in same):
+        weights_init = active.deep
+    hidden_train, hidden_val = [hidden[i] for i in train_idx], [hidden[i] for i in val_idx]
+    if isinstance(p, LoraParams):
+        trained = train_lora(backbone.upper_module(), shape, hidden_train, y[train_idx], hidden_val, y[val_idx],
+                             labels, p, on_epoch=on_epoch, head_init=head_init, factors_init=weights_init)
+    else:
+        trained = train_unfreeze(backbone.upper_module(), shape, hidden_train, y[train_idx], hidden_val, y[val_idx],
+                                 labels, p, on_epoch=on_epoch, head_init=head_init, weights_init=weights_init)
+    # Evaluated as it will serve: the ORT upper graph with these weights, then the head.
+    served = backbone.embed_deep([keys[i] for i in val_idx], [trained.weights] * len(val_idx)).vectors
+    tensors = {**trained.head, **deep_tensors(trained.weights)}
     probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels),
                     trained.head)
     metrics = {**evaluate(y[val_idx], probe.predict_proba(served).argmax(1), labels),
@@ -199,16 +245,16 @@ def _train_lora(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
     report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
                                 "baselines": metrics["baselines"]})
     promote, reason = decide(metrics, baselines.get("active"), promote_margin)
-    recipe = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
-              "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
+    lora = method == "lora"
     config = AdapterConfig(
         backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head="linear", labels=labels,
-        metrics=metrics, method="lora", lora=recipe,
-        training={"method": "lora", "job_id": job_id, "params": {**asdict(p), "targets": recipe["targets"]},
+        metrics=metrics, method=method, lora=recipe if lora else None, unfreeze=None if lora else recipe,
+        training={"method": method, "job_id": job_id,
+                  "params": {**asdict(p), **({"targets": recipe["targets"]} if lora else {})},
                   "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
                   "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                   "continual_from": active.version if head_init is not None and active else None,
-                  "factors_from_active": factors_init is not None},
+                  ("factors_from_active" if lora else "weights_from_active"): weights_init is not None},
         parent_version=active.version if active else None,
     )
     config, weights = encode(config, tensors)
@@ -250,6 +296,30 @@ def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, rep
         cache.store_embeddings(backbone.fingerprint, fresh)
     vectors = {**cached, **fresh}
     return np.stack([np.frombuffer(vectors[k], dtype=np.float32) for k in keys])
+
+
+def hidden_cached(backbone: Any, keys: list[str], cache: HiddenStateCache, report: Reporter,
+                  chunk: int = 256) -> tuple[list[np.ndarray], dict[str, int]]:
+    """The lower graph's hidden states of `keys` (TextBackbone.hidden_states: float16,
+    (tokens, hidden) each), from the cache under `backbone.hidden_key` where there, the rest
+    computed and stored; and how many distinct texts were `cached` and `computed`."""
+    key = backbone.hidden_key
+    unique = list(dict.fromkeys(keys))
+    cached = {t: np.frombuffer(b, dtype=np.float16).reshape(n, -1)
+              for t, (n, b) in cache.cached_hidden_states(key, unique).items()}
+    missing = [k for k in unique if k not in cached]
+    fresh: dict[str, np.ndarray] = {}
+    for i in range(0, len(missing), chunk):
+        part = missing[i : i + chunk]
+        fresh.update(zip(part, backbone.hidden_states(part)))
+        report.progress(0.2 * (i + len(part)) / max(1, len(missing)))
+        if report.cancelled():
+            raise Cancelled()
+    if fresh:
+        cache.store_hidden_states(key, {t: (len(h), np.ascontiguousarray(h, dtype=np.float16).tobytes())
+                                        for t, h in fresh.items()})
+    states = {**cached, **fresh}
+    return [states[k] for k in keys], {"cached": len(cached), "computed": len(fresh)}
 
 
 class InvalidExample(ValueError):

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or zip (one folder of images per label)")
     adapter(p)
     p.add_argument("--backbone", help="backbone id (default: the server's)")
-    p.add_argument("--method", choices=["head", "lora"], help="head (default) or lora")
+    p.add_argument("--method", choices=["head", "lora", "unfreeze"], help="head (default), lora or unfreeze")
     p.add_argument("--head", choices=["linear", "mlp"], help="the head's kind")
     p.add_argument("--epochs", type=int, help="at most this many epochs")
     p.add_argument("--params", metavar="JSON", help='more params as JSON, e.g. \'{"lr": 0.005, "seed": 1}\'')

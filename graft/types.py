@@ -66,6 +66,7 @@ class Version(TypedDict):
     head: str
     method: str
     lora: dict[str, Any] | None
+    unfreeze: dict[str, Any] | None
     bytes: int
     labels: list[str]
     metrics: dict[str, Any]

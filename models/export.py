@@ -108,6 +108,27 @@ def ensure_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path
     return lower, upper
 
 
+def ensure_upper_weights(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path]:
+    """Paths of the upper_weights fp32 graph of a text backbone split at `shape.split` (every
+    upper-layer parameter an input: unfreeze adapters) and of its pretrained weights
+    (safetensors), exporting them when missing."""
+    from models.split import SPLIT_SETTINGS, export_upper_weights
+
+    folder = artifact_dir(spec, home)
+    tag = f"s{shape.split}-v{SPLIT_SETTINGS['format']}"
+    graph, pretrained = folder / f"upper-weights-{tag}.onnx", folder / f"upper-weights-{tag}.safetensors"
+    if graph.is_file() and pretrained.is_file():
+        return graph, pretrained
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".lock"):
+        if not (graph.is_file() and pretrained.is_file()):
+            log.info("exporting %s upper layers from %d with their weights as inputs (unfreeze adapters)",
+                     spec.id, shape.split)
+            with atomic_write(graph) as tmp_graph, atomic_write(pretrained) as tmp_pretrained:
+                export_upper_weights(spec, shape, tmp_graph, tmp_pretrained)
+    return graph, pretrained
+
+
 def _build(spec: BackboneSpec, precision: str, folder: Path) -> None:
     raw = folder / "raw.onnx"
     if not raw.is_file():

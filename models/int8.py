@@ -51,6 +51,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "smoothquant-u8s8": {"kind": "text", "weights": "QInt8", "smooth_alpha": 0.7, "exact_on": "vnni-or-arm"},
     # Static QDQ, scales calibrated once on synthetic pictures (rows never affect each other).
     # Clip (ReLU6) and Add are listed so a Conv's output is quantised over the ReLU6 range.
+    # Split graphs of deep adapters (choose_split): per-token dynamic int8 after SmoothQuant.
+    "per-token-u8s8": {"kind": "split", "weights": "QInt8", "smooth_alpha": 0.7, "exact_on": "vnni-or-arm"},
+    "per-token-u8u8": {"kind": "split", "weights": "QUInt8", "smooth_alpha": 0.7, "exact_on": "all"},
     "qdq-u8s8": {"kind": "image", "activations": "QUInt8", "weights": "QInt8", "op_types": ["Conv", "Clip", "Add"],
                  "calibration_images": 48, "exact_on": "vnni-or-arm"},
 }
@@ -407,3 +410,176 @@ def _measure_image(spec: BackboneSpec, fp32: Path, int8: Path) -> dict[str, floa
     top_a, top_b = np.concatenate([x[1] for x in a]).argmax(1), np.concatenate([x[1] for x in b]).argmax(1)
     cosine = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
     return {**_summary(cosine), "top1_agreement": float((top_a == top_b).mean())}
+
+
+# -- the split graphs of a text backbone (deep adapters) ------------------------------------
+
+
+def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | None = None) -> Int8Choice:
+    """The lower and upper graphs deep-adapter rows share, int8 where the gate allows.
+
+    Their rows must not depend on each other (many tenants' rows share every call), so
+    dynamic int8 with one activation scale per call is out; static scales missed the text bar
+    (docs/BENCHMARKS.md). The split recipes quantise activations per token instead (SmoothQuant
+    first, as for the whole graph), so rows share calls and stay independent; LoRA's own
+    MatMuls (per-row factors, graph inputs) stay fp32. The gate measures lower + upper int8
+    against the fp32 whole graph on the calibration texts; `path` is the lower graph, the
+    upper one sits beside it (`split_paths`)."""
+    from models.export import ensure_split
+
+    cpu = cpu or cpu_features()
+    lower, upper = ensure_split(spec, shape, home)
+    fp32 = ensure_artifact(spec, "fp32", home)  # before the lock (it takes it to build)
+    folder = artifact_dir(spec, home)
+    verdict_file = folder / f"{lower.stem}-gate-{cpu.key}-{_gate_version()}.json"
+    names = candidates("split", cpu)
+
+    def build(name: str) -> tuple[Path, Path]:
+        paths = split_paths(lower, upper, name)
+        for src, target in zip((lower, upper), paths):
+            if not target.is_file():
+                with atomic_write(target) as tmp:
+                    _quantize_split(spec, shape, src, tmp, RECIPES[name], lower)
+        return paths
+
+    with locked(folder / ".lock"):
+        if not verdict_file.is_file():
+            measured, chosen, misses = {}, None, []
+            for name in names:  # fastest first; the first that meets the bar is served
+                figures = _measure_split(spec, shape, fp32, *build(name))
+                measured[name] = figures
+                missed = [f"{k} {figures[k]:.4f} < {v}" for k, v in TEXT_BAR.items() if figures[k] < v]
+                if not missed:
+                    chosen = name
+                    break
+                misses.append(f"{name}: {', '.join(missed)}")
+            reason = (f"split graphs int8 {chosen} (min_cosine {measured[chosen]['min_cosine']:.4f})" if chosen
+                      else "split graphs fp32: " + ("; ".join(misses) or "no split recipe for this CPU"))
+            verdict = {"recipe": chosen, "cpu": cpu.describe(), "measured": measured, "reason": reason}
+            with atomic_write(verdict_file) as tmp:
+                tmp.write_text(json.dumps(verdict, indent=2))
+        verdict = json.loads(verdict_file.read_text())
+        chosen = verdict["recipe"]
+        if chosen:
+            build(chosen)  # a verdict may come from another artifact folder's files: rebuild if gone
+    log.info("%s split at layer %d: %s", spec.id, shape.split, verdict["reason"])
+    return Int8Choice(split_paths(lower, upper, chosen)[0] if chosen else lower, "int8" if chosen else "fp32",
+                      chosen, verdict["cpu"], verdict["measured"], verdict["reason"])
+
+
+def split_paths(lower: Path, upper: Path, recipe: str) -> tuple[Path, Path]:
+    """The int8 lower and upper graphs of a split recipe."""
+    return lower.with_name(f"{lower.stem}-{recipe_file(recipe)}"), upper.with_name(f"{upper.stem}-{recipe_file(recipe)}")
+
+
+def _quantize_split(spec: BackboneSpec, shape: Any, src: Path, out: Path, recipe: dict[str, Any],
+                    lower: Path) -> None:
+    """SmoothQuant on activations seen for the calibration texts, then per-token int8."""
+    import onnxruntime as ort
+
+    from models.split import stack_factors
+    from models.text import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    feeds = [dict(zip(("input_ids", "attention_mask"), tokenizer.encode([t])[:2])) for t in calibration_texts()[::2]]
+    if src != lower:  # the upper graph's inputs: the fp32 lower graph's output, no LoRA
+        low = ort.InferenceSession(str(lower), providers=["CPUExecutionProvider"])
+        names = [i.name for i in ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).get_inputs()]
+        feeds = [{"hidden": low.run(None, f)[0], "attention_mask": f["attention_mask"],
+                  **dict(zip(names[2:], stack_factors(shape, [None])))} for f in feeds]
+    smoothed = out.with_name(out.stem + ".smooth.onnx")
+    try:
+        smooth_quant(src, smoothed, feeds, recipe["smooth_alpha"])
+        per_token_int8(smoothed, out, unsigned_weights=recipe["weights"] == "QUInt8")
+    finally:
+        smoothed.unlink(missing_ok=True)
+
+
+def per_token_int8(src: Path, dst: Path, *, unsigned_weights: bool = False) -> None:
+    """Every MatMul with a constant 2-D weight: its activation quantised per token (scale =
+    max|x| / 127 over the last axis, as uint8 around 128), the weight per output column
+    (symmetric; int8, or uint8 around 128 where u8 x s8 sums saturate), MatMulInteger, both
+    scales applied after. ONNX Runtime has no fused per-row quantiser, so it is plain ONNX."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+
+    def constant(name: str, value: np.ndarray) -> str:
+        graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    c127, eps = constant("pt_127", np.array(127, np.float32)), constant("pt_eps", np.array(1e-8, np.float32))
+    c128, zp = constant("pt_128", np.array(128, np.float32)), constant("pt_zp", np.array(128, np.uint8))
+    quantised: dict[str, tuple[str, str]] = {}
+    for node in list(graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in weights or len(weights[node.input[1]].dims) != 2:
+            continue
+        x = node.input[0]
+        if x not in quantised:
+            p = f"pt{len(quantised)}"
+            graph.node.extend([
+                helper.make_node("Abs", [x], [p + "_abs"]),
+                helper.make_node("ReduceMax", [p + "_abs"], [p + "_amax"], axes=[-1], keepdims=1),
+                helper.make_node("Max", [p + "_amax", eps], [p + "_amax_eps"]),
+                helper.make_node("Div", [p + "_amax_eps", c127], [p + "_scale"]),
+                helper.make_node("Div", [x, p + "_scale"], [p + "_scaled"]),
+                helper.make_node("Round", [p + "_scaled"], [p + "_rounded"]),
+                helper.make_node("Add", [p + "_rounded", c128], [p + "_shifted"]),
+                helper.make_node("Cast", [p + "_shifted"], [p + "_q"], to=TensorProto.UINT8)])
+            quantised[x] = (p + "_q", p + "_scale")
+        xq, scale = quantised[x]
+        w = numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
+        w_scale = np.maximum(np.abs(w).max(0), 1e-8) / 127
+        wq = np.clip(np.round(w / w_scale), -127, 127)
+        n = node.name or node.output[0]
+        if unsigned_weights:
+            wq_name = constant(n + "_wq", (wq + 128).astype(np.uint8))
+            wzp = constant(n + "_wzp", np.full(w.shape[1], 128, np.uint8))
+        else:
+            wq_name = constant(n + "_wq", wq.astype(np.int8))
+            wzp = constant(n + "_wzp", np.zeros(w.shape[1], np.int8))
+        ws = constant(n + "_ws", w_scale.astype(np.float32))
+        at = list(graph.node).index(node)
+        graph.node.remove(node)
+        for k, new in enumerate([
+                helper.make_node("MatMulInteger", [xq, wq_name, zp, wzp], [n + "_i32"]),
+                helper.make_node("Cast", [n + "_i32"], [n + "_f"], to=TensorProto.FLOAT),
+                helper.make_node("Mul", [n + "_f", scale], [n + "_fs"]),
+                helper.make_node("Mul", [n + "_fs", ws], [node.output[0]])]):
+            graph.node.insert(at + k, new)
+    _sort_topologically(graph)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.save(model, str(dst))
+
+
+def _measure_split(spec: BackboneSpec, shape: Any, fp32: Path, lower: Path, upper: Path) -> dict[str, float]:
+    """The split graphs (no LoRA) vs the fp32 whole graph on the calibration texts, each text
+    alone and in batches of 16 (min cosine over both); `row_dependence` is the largest
+    difference between a row alone and in a batch (0 for a recipe whose rows are independent)."""
+    from models.split import stack_factors
+    from models.text import load_tokenizer
+
+    tokenizer = load_tokenizer(spec)
+    ref, low, up = _session(fp32), _session(lower), _session(upper)
+    names = [i.name for i in up.get_inputs()][2:]
+    texts = calibration_texts()
+
+    def run(batch: list[str]) -> np.ndarray:
+        ids, mask, _ = tokenizer.encode(batch)
+        hidden = low.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return up.run(None, {"hidden": hidden, "attention_mask": mask,
+                             **dict(zip(names, stack_factors(shape, [None] * len(batch))))})[0]
+
+    want = np.concatenate([ref.run(["embeddings"], dict(zip(("input_ids", "attention_mask"),
+                                                            tokenizer.encode([t])[:2])))[0] for t in texts])
+    alone = np.concatenate([run([t]) for t in texts])
+    together = np.concatenate([run(texts[i : i + 16]) for i in range(0, len(texts), 16)])
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    cosine = np.minimum((unit(alone) * unit(want)).sum(1), (unit(together) * unit(want)).sum(1))
+    return {**_summary(cosine), "row_dependence": float(np.abs(alone - together).max())}

@@ -8,7 +8,7 @@ from models.base import Backbone
 from models.catalog import resolve_spec
 from models.export import ensure_artifact
 from models.image import ImageBackbone, ImageLimits
-from models.int8 import Int8Choice, choose_int8
+from models.int8 import Int8Choice, choose_int8, choose_split, split_paths
 from models.runtime import OrtRunner, choose_provider, installed_runtime
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def load_backbone(
 ) -> Backbone:
     """`split_layers`: text backbones also load their lower and upper graphs split below
     that many top layers, for deep (LoRA) adapters; 0: head-only."""
-    from models.text import SplitRunner, TextBackbone
+    from models.text import SplitRunner, TextBackbone, UpperWeights
 
     spec = resolve_spec(name)
     ort_provider = choose_provider(provider)
@@ -49,13 +49,24 @@ def load_backbone(
     else:
         split = None
         if split_layers:
-            from models.export import ensure_split
+            from models.export import ensure_split, ensure_upper_weights
             from models.split import split_shape
 
             shape = split_shape(spec, split_layers)
             lower, upper = ensure_split(spec, shape, home)
-            split = SplitRunner(shape, OrtRunner(lower, ort_provider, "fp32", intra_op_threads),
-                                OrtRunner(upper, ort_provider, "fp32", intra_op_threads))
+            split_precision, split_gate = "fp32", None
+            if int8 is not None:  # int8 asked for: the split graphs have their own gate
+                choice = choose_split(spec, shape, home)
+                split_precision, split_gate = choice.precision, choice.describe()
+                if choice.recipe:
+                    lower, upper = split_paths(lower, upper, choice.recipe)
+            split = SplitRunner(shape, OrtRunner(lower, ort_provider, split_precision, intra_op_threads),
+                                OrtRunner(upper, ort_provider, split_precision, intra_op_threads))
+            split.gate = split_gate
+            if split_precision == "int8":
+                split.fp32_lower = ensure_split(spec, shape, home)[0]  # deep adapters train on fp32 states
+            split.upper_weights = UpperWeights.load(shape, *ensure_upper_weights(spec, shape, home), ort_provider,
+                                                    intra_op_threads)
         backbone = TextBackbone(spec, runner, split)
     backbone.int8 = int8.describe() if int8 else None
     log.info(

@@ -1,9 +1,12 @@
-"""Split-point text backbones: the frozen lower layers and the adaptable upper layers as two
-ONNX graphs, so that deep adapters (LoRA on the top layers) serve many tenants in one call.
+"""Split-point text backbones: the frozen lower layers and the adaptable upper layers as
+ONNX graphs, so that deep adapters (LoRA on the top layers, or the top layers unfrozen)
+serve many tenants in one call.
 
     lower: input_ids, attention_mask -> hidden (B, T, H)       embeddings + layers [0, split)
     upper: hidden, attention_mask, lora_a.<l>.<target> (B, d_in, r), lora_b.<l>.<target> (B, r, d_out)
            -> embeddings (B, H), pooled and L2-normalised       layers [split, n)
+    upper_weights: hidden, attention_mask, <l>.<param path> (every parameter of layers [split, n),
+           no batch axis) -> embeddings (B, H): the rows of one unfreeze adapter per call
 
 Each adapted projection of the upper layers adds `x · A_row · B_row` to its frozen output,
 where A_row and B_row are that row's own LoRA factors (the scale alpha/r folded into B):
@@ -55,6 +58,29 @@ class SplitShape:
     def inputs(self) -> list[str]:
         """The LoRA input names of the upper graph, in order (after hidden, attention_mask)."""
         return [f"lora_{ab}.{layer}.{t}" for layer in self.upper_layers for t in TARGETS for ab in "ab"]
+
+    def layer_params(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter of one transformer layer, by its path inside BertLayer: what method
+        unfreeze trains and its adapters carry."""
+        h, i = self.hidden, self.intermediate
+        out: dict[str, tuple[int, ...]] = {}
+        for target in TARGETS:
+            d_in, d_out = self.dims(target)
+            out[f"{target}.weight"], out[f"{target}.bias"] = (d_out, d_in), (d_out,)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            out[f"{norm}.weight"], out[f"{norm}.bias"] = (h,), (h,)
+        assert i == self.dims("intermediate.dense")[1]
+        return out
+
+    @property
+    def layer_bytes(self) -> int:
+        """Bytes of one layer's parameters in fp32 (an unfreeze adapter carries this per layer)."""
+        return 4 * sum(int(np.prod(s)) for s in self.layer_params().values())
+
+    def weight_inputs(self) -> list[str]:
+        """The upper_weights graph's weight inputs, in order (after hidden, attention_mask):
+        "<absolute layer>.<param path>"."""
+        return [f"{layer}.{path}" for layer in self.upper_layers for path in self.layer_params()]
 
 
 def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
@@ -196,6 +222,71 @@ def export_split(spec: BackboneSpec, shape: SplitShape, lower_out: Path, upper_o
         torch.onnx.export(UpperWithLoRA().eval(), (hidden, mask_t, *factors), str(upper_out), dynamo=False,
                           opset_version=SPLIT_SETTINGS["opset"], input_names=["hidden", "attention_mask", *names],
                           output_names=["embeddings"], dynamic_axes=axes)
+
+
+def export_upper_weights(spec: BackboneSpec, shape: SplitShape, out: Path, pretrained_out: Path) -> None:
+    """Export the upper layers with every parameter a graph input (fp32; dynamic batch and
+    sequence axes, no batch axis on the weights), and their pretrained values (safetensors,
+    named as the inputs): what rows get for the layers their adapter does not carry."""
+    import torch
+    from safetensors.numpy import save
+
+    from models.text import load_tokenizer
+
+    lower, upper = build_modules(spec, shape)
+    expected = shape.layer_params()
+    for index, layer in zip(shape.upper_layers, upper.layers):
+        found = {n: tuple(t.shape) for n, t in layer.named_parameters()}
+        if found != expected:
+            raise ValueError(f"layer {index} of {spec.id!r} is not a BERT layer as method unfreeze knows it: "
+                             f"{sorted(set(found) ^ set(expected)) or 'other shapes'}")
+    names = shape.weight_inputs()
+
+    class UpperWithWeights(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.upper = upper
+
+        def forward(self, hidden, attention_mask, *weights):  # type: ignore[no-untyped-def]
+            # torch.func.functional_call refuses tracing: each parameter is shadowed instead
+            # by its input (an instance attribute wins over nn.Module's parameter lookup).
+            for name, weight in zip(names, weights):
+                layer, path = name.split(".", 1)
+                *modules, attr = path.split(".")
+                owner = self.upper.layers[int(layer) - shape.split]
+                for part in modules:
+                    owner = getattr(owner, part)
+                owner.__dict__[attr] = weight
+            return self.upper(hidden, attention_mask)
+
+    pretrained = {name: upper.layers[int(name.split(".", 1)[0]) - shape.split].get_parameter(name.split(".", 1)[1])
+                  for name in names}
+    ids, mask, _ = load_tokenizer(spec).encode(["a short sentence", "a somewhat longer example sentence for export"])
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+    dyn = {0: "batch", 1: "sequence"}
+    with torch.no_grad():
+        hidden = lower(ids_t, mask_t)
+        torch.onnx.export(UpperWithWeights().eval(), (hidden, mask_t, *(pretrained[n] for n in names)), str(out),
+                          dynamo=False, opset_version=SPLIT_SETTINGS["opset"],
+                          input_names=["hidden", "attention_mask", *names], output_names=["embeddings"],
+                          dynamic_axes={"hidden": dyn, "attention_mask": dyn, "embeddings": {0: "batch"}})
+    pretrained_out.write_bytes(save({n: t.detach().numpy().astype(np.float32) for n, t in pretrained.items()}))
+
+
+@dataclass(frozen=True)
+class UnfrozenLayers:
+    """One unfreeze adapter's trained top layers as the upper_weights graph takes them:
+    "<absolute layer>.<param path>" -> weights; layers it does not carry stay pretrained."""
+
+    weights: dict[str, np.ndarray]
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({int(name.split(".", 1)[0]) for name in self.weights})
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.nbytes for w in self.weights.values())
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from models.base import Backbone, EmbedResult, ItemError
 from models.catalog import BackboneSpec
 from models.runtime import OrtRunner
-from models.split import LoraFactors, SplitShape, stack_factors
+from models.split import LoraFactors, SplitShape, UnfrozenLayers, stack_factors
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,55 @@ def load_tokenizer(spec: BackboneSpec) -> Tokenizer:
     return Tokenizer(path, spec.max_tokens)
 
 
-class SplitRunner:
-    """The lower and upper fp32 graphs of a split backbone (models/split.py)."""
+class UpperWeights:
+    """The upper_weights graph of a split backbone (models/split.py: every upper-layer
+    parameter an input) and the pretrained weights it is fed for the layers an unfreeze
+    adapter does not carry."""
 
-    def __init__(self, shape: SplitShape, lower: OrtRunner, upper: OrtRunner) -> None:
+    def __init__(self, shape: SplitShape, runner: OrtRunner, pretrained: dict[str, np.ndarray]) -> None:
+        self.names = shape.weight_inputs()
+        missing = set(self.names) - set(pretrained)
+        if missing:
+            raise ValueError(f"the pretrained upper weights lack {sorted(missing)[:3]}…: delete and re-export them")
+        self.runner, self.pretrained = runner, pretrained
+
+    @classmethod
+    def load(cls, shape: SplitShape, graph: Path, pretrained: Path, provider: str,
+             intra_op_threads: int = 0) -> "UpperWeights":
+        from safetensors.numpy import load_file
+
+        return cls(shape, OrtRunner(graph, provider, "fp32", intra_op_threads), load_file(str(pretrained)))
+
+    def run(self, hidden: np.ndarray, mask: np.ndarray, layers: UnfrozenLayers) -> np.ndarray:
+        """Embeddings of rows that all take `layers` (one adapter's)."""
+        return self.runner.run(hidden, mask, *(layers.weights.get(n, self.pretrained[n]) for n in self.names))
+
+
+class SplitRunner:
+    """The lower and upper graphs of a split backbone (models/split.py; fp32, or per-token int8
+    where the split gate allows: models/int8.py choose_split), and the fp32 upper_weights
+    graph when loaded (unfreeze adapters)."""
+
+    def __init__(self, shape: SplitShape, lower: OrtRunner, upper: OrtRunner,
+                 upper_weights: UpperWeights | None = None) -> None:
         self.shape, self.lower, self.upper = shape, lower, upper
+        self.upper_weights = upper_weights
+        self.gate: dict[str, Any] | None = None  # the split graphs' int8 gate verdict (int8 asked for)
+        self.fp32_lower: Path | None = None  # the fp32 lower graph, when `lower` is int8
+        self._training_lower: OrtRunner | None = None
+
+    @property
+    def training_lower(self) -> OrtRunner:
+        """The graph whose hidden states deep adapters train on: the fp32 lower graph. On int8
+        hidden states LoRA never beat its linear probe on reviews (test macro-F1 0.734, the
+        head's 0.730), while factors trained on fp32 states and served through the int8 split
+        graphs scored 0.768 (fp32 served: 0.766; docs/BENCHMARKS.md). Loaded on first use
+        (in the fine-tune workers)."""
+        if self.fp32_lower is None:
+            return self.lower
+        if self._training_lower is None:
+            self._training_lower = OrtRunner(self.fp32_lower, self.lower.provider, "fp32")
+        return self._training_lower
 
 
 class TextBackbone(Backbone):
@@ -117,23 +161,64 @@ class TextBackbone(Backbone):
     def split_shape(self) -> SplitShape | None:
         return self.split.shape if self.split else None
 
-    def embed_deep(self, items: list[str], factors: list[LoraFactors | None]) -> EmbedResult:
-        """Embed through the split graphs, each row with its own LoRA factors (None: none):
-        one lower and one upper call per sub-batch, whatever the mix of adapters."""
+    @property
+    def hidden_key(self) -> str:
+        """What `hidden_states` depend on, keying their cache (adapters/pipeline.py
+        hidden_cached): the weights, the split layer and the lower graph that computes them
+        (`SplitRunner.training_lower`: its file and its precision). Any change misses."""
         split = self._require_split()
+        lower = split.training_lower
+        return f"{self.fingerprint}:s{split.shape.split}:{Path(lower.model_path).stem}:{lower.precision}"
+
+    def embed_deep(self, items: list[str], deep: list[LoraFactors | UnfrozenLayers | None]) -> EmbedResult:
+        """Embed through the split graphs, each row with its own deep adapter: LoRA factors,
+        an unfreeze adapter's layers, or None (neither). One lower call per sub-batch for all
+        rows, whatever their adapters; then per sub-batch one upper call for its LoRA and
+        plain rows together (each row's own factors), and per unfreeze adapter one
+        upper_weights call for all its rows of the batch (sorted by length, `rows_per_call`
+        at most: each call feeds the adapter's weights anew)."""
+        split = self._require_split()
+        rows_per_call = 8 if self.provider == "CPUExecutionProvider" else 256
+        calls = 0
+        unfrozen: dict[int, list[tuple[int, np.ndarray]]] = {}  # adapter -> its rows' (index, hidden states)
 
         def run(ids: np.ndarray, mask: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            nonlocal calls
             hidden = split.lower.run(ids, mask)
-            return split.upper.run(hidden, mask, *stack_factors(split.shape, [factors[i] for i in rows]))
+            out = np.zeros((len(rows), split.shape.hidden), dtype=np.float32)  # unfreeze rows: filled below
+            lora = []
+            for j, (i, n) in enumerate(zip(rows, mask.sum(1))):
+                if isinstance(deep[i], UnfrozenLayers):
+                    unfrozen.setdefault(id(deep[i]), []).append((int(i), hidden[j, :n]))
+                else:
+                    lora.append(j)
+            if lora:
+                sel = np.array(lora)
+                h, m = (hidden, mask) if len(lora) == len(rows) else (hidden[sel], mask[sel])
+                out[sel] = split.upper.run(h, m, *stack_factors(split.shape, [deep[rows[j]] for j in lora]))
+            calls += 1 + bool(lora)
+            return out
 
-        rows_per_call = 8 if self.provider == "CPUExecutionProvider" else 256
         result = self._in_sub_batches(items, rows_per_call, run)
-        return EmbedResult(result.vectors, result.truncated, calls=2 * result.calls)
+        for group in unfrozen.values():
+            group.sort(key=lambda row: len(row[1]))
+            layers = deep[group[0][0]]
+            assert isinstance(layers, UnfrozenLayers)
+            for start in range(0, len(group), rows_per_call):
+                chunk = group[start : start + rows_per_call]
+                width = len(chunk[-1][1])
+                h = np.zeros((len(chunk), width, split.shape.hidden), dtype=np.float32)
+                m = np.zeros((len(chunk), width), dtype=np.int64)
+                for j, (_, states) in enumerate(chunk):
+                    h[j, : len(states)], m[j, : len(states)] = states, 1
+                result.vectors[[i for i, _ in chunk]] = self._require_upper_weights().run(h, m, layers)
+                calls += 1
+        return EmbedResult(result.vectors, result.truncated, calls=calls)
 
     def hidden_states(self, texts: list[str], rows_per_call: int = 16) -> list[np.ndarray]:
         """The lower graph's output per text, (tokens, hidden) each, kept in float16 (half the
         memory; training reads them back as float32): what training feeds the upper layers,
-        computed once per example with the graph that serves."""
+        computed once per example by the fp32 lower graph (`SplitRunner.training_lower`)."""
         split = self._require_split()
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
         ids, mask, _ = self._tokenizer.encode(texts)
@@ -142,7 +227,7 @@ class TextBackbone(Backbone):
         for start in range(0, len(texts), rows_per_call):
             rows = order[start : start + rows_per_call]
             width = int(lengths[rows].max())
-            hidden = split.lower.run(ids[rows, :width], mask[rows, :width])
+            hidden = split.training_lower.run(ids[rows, :width], mask[rows, :width])
             for j, i in enumerate(rows):
                 out[i] = hidden[j, : lengths[i]].astype(np.float16)
         return out
@@ -151,7 +236,10 @@ class TextBackbone(Backbone):
         out = super().describe()
         if self.split is not None:
             shape = self.split.shape
-            out["deep_adapters"] = {"methods": ["lora"], "layers": shape.layers - shape.split, "split": shape.split}
+            methods = ["lora", "unfreeze"] if self.split.upper_weights else ["lora"]
+            out["deep_adapters"] = {"methods": methods, "layers": shape.layers - shape.split, "split": shape.split,
+                                    "precision": self.split.lower.precision,
+                                    **({"gate": self.split.gate["reason"]} if self.split.gate else {})}
         return out
 
     def upper_module(self):  # -> torch.nn.Module (torch imported lazily)
@@ -190,6 +278,13 @@ class TextBackbone(Backbone):
             return items
         made = iter(self._tokenizer.tokenize(texts))
         return [i if isinstance(i, Tokens) else next(made) for i in items]
+
+    def _require_upper_weights(self) -> UpperWeights:
+        split = self._require_split()
+        if split.upper_weights is None:
+            raise ValueError(f"backbone {self.id!r} was loaded without its upper_weights graph: unfreeze adapters "
+                             "cannot serve here")
+        return split.upper_weights
 
     def _require_split(self) -> SplitRunner:
         if self.split is None:

@@ -104,7 +104,7 @@ def _version(v: VersionInfo) -> pb.VersionDetail:
         version=v.version, active=v.active, created_at=v.created_at, backbone=c.backbone, head=c.head,
         labels=c.labels, metrics_json=json.dumps(c.metrics), training_json=json.dumps(c.training),
         parent_version=c.parent_version or 0, method=c.method, lora_json=json.dumps(c.lora) if c.lora else "",
-        bytes=v.bytes,
+        unfreeze_json=json.dumps(c.unfreeze) if c.unfreeze else "", bytes=v.bytes,
     )
 
 

@@ -267,7 +267,8 @@ async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
     return VersionList(tenant=tenant, adapter=adapter, versions=[
         VersionDetail(
             version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
-            head=v.config.head, method=v.config.method, lora=v.config.lora, bytes=v.bytes,
+            head=v.config.head, method=v.config.method, lora=v.config.lora, unfreeze=v.config.unfreeze,
+            bytes=v.bytes,
             labels=v.config.labels, metrics=v.config.metrics,
             training=v.config.training, parent_version=v.config.parent_version,
         )

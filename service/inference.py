@@ -51,10 +51,11 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
     """The batch's backbone calls, then one head call per distinct adapter.
 
     Rows of head-only adapters (and plain embeddings) share the backbone's graph; rows of
-    LoRA adapters share the split graphs, each row with its own factors, at most
-    `max_loras` distinct adapters per call (tenants mixed freely within that)."""
+    deep adapters share the split graphs' lower pass, at most `max_loras` distinct adapters
+    per call (tenants mixed freely within that): LoRA rows then share one upper call, each
+    row with its own factors, and an unfreeze adapter's rows take one upper_weights call."""
     started = time.perf_counter()
-    deep = [i for i, w in enumerate(work) if w.head is not None and w.head.lora is not None]
+    deep = [i for i, w in enumerate(work) if w.head is not None and w.head.deep is not None]
     if not deep:
         result = backbone.embed([w.item for w in work])
         vectors, truncated, calls = result.vectors, result.truncated, result.calls
@@ -65,7 +66,7 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
         plain = [i for i in range(len(work)) if i not in deep_rows]
         calls_by_rows = [(plain, lambda rows: backbone.embed([work[i].item for i in rows]))] if plain else []
         calls_by_rows += [(rows, lambda rows: backbone.embed_deep(  # type: ignore[attr-defined]
-            [work[i].item for i in rows], [work[i].head.lora for i in rows]))  # type: ignore[union-attr]
+            [work[i].item for i in rows], [work[i].head.deep for i in rows]))  # type: ignore[union-attr]
             for rows in _by_adapters(work, deep, max_loras)]
         for rows, embed in calls_by_rows:
             result = embed(rows)

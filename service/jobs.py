@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from adapters.jobs import Job, JobQueue
-from adapters.pipeline import InvalidParams, lora_params
+from adapters.pipeline import DEEP_METHODS, InvalidParams, lora_params, unfreeze_params
 from adapters.registry import Registry
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.inference import Inference
@@ -30,20 +30,24 @@ class Jobs:
         model = self.inference.backbone(backbone)
         if params.get("augment") and model.kind != "image":
             raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
-        if params.get("method") == "lora":
+        method = params.get("method")
+        if method in DEEP_METHODS:
             if model.split_shape is None:
                 raise InvalidInput(
-                    f"method lora needs a text backbone split for deep adapters; {model.id!r} is "
+                    f"method {method} needs a text backbone split for deep adapters; {model.id!r} is "
                     + ("an image backbone: use method head" if model.kind == "image"
                        else "not split (GRAFT_SPLIT_LAYERS is 0): use method head"),
                     {"methods": ["head"]})
             try:
-                lora_params(params, model.split_shape)
+                if method == "lora":
+                    lora_params(params, model.split_shape)
+                else:
+                    unfreeze_params(params, model.split_shape, self.settings.max_unfreeze_bytes)
             except InvalidParams as e:
                 raise InvalidInput(str(e)) from None
             if len(examples) > self.settings.max_lora_examples:
                 raise PayloadTooLarge(
-                    f"{len(examples)} examples; method lora takes at most {self.settings.max_lora_examples} "
+                    f"{len(examples)} examples; method {method} takes at most {self.settings.max_lora_examples} "
                     "(GRAFT_MAX_LORA_EXAMPLES: its hidden states are held in memory): use method head, or fewer",
                     {"examples": len(examples), "limit": self.settings.max_lora_examples})
         clean = await asyncio.to_thread(

@@ -105,7 +105,7 @@ class TenantDeleted(BaseModel):
     tenant: str
     removed: dict[str, int] = Field(
         description="how many of each were erased: keys, adapters, versions, jobs, job_examples, job_events, "
-                    "cached_vectors")
+                    "cached_vectors, cached_hidden_states")
 
 
 class IssueKeyRequest(_Strict):
@@ -169,8 +169,11 @@ class VersionDetail(BaseModel):
     created_at: str
     backbone: str
     head: str
-    method: str = Field(description="head, or lora (factors of the top layers too)")
+    method: str = Field(description="head, lora (factors of the top layers too) or unfreeze (the top layers' weights "
+                                    "too)")
     lora: dict[str, object] | None = Field(description="lora: rank, alpha, layers, split, targets")
+    unfreeze: dict[str, object] | None = Field(
+        None, description="unfreeze: layers, split, backbone_layers, hidden, intermediate")
     bytes: int = Field(description="size of the version's weights")
     labels: list[str]
     metrics: dict[str, object]
@@ -205,27 +208,35 @@ class FinetuneParams(_Strict):
 
     head: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
-    method: Literal["head", "lora"] = Field(
+    method: Literal["head", "lora", "unfreeze"] = Field(
         "head", description="head: a head on the frozen backbone's vectors; lora: LoRA factors of the top layers "
-                            "and a head, trained together (text backbones split for deep adapters; see /readyz)")
+                            "and a head, trained together; unfreeze: every weight of the top layers and a head "
+                            "(MBs per adapter: for tenants with much data). lora and unfreeze need a text backbone "
+                            "split for deep adapters (see /readyz)")
     lora_rank: int = Field(8, ge=1, le=64, description="lora: rank of the factors")
     lora_alpha: float | None = Field(None, gt=0, le=1024, description="lora: scale numerator (default 2 x rank)")
     lora_layers: int | None = Field(
         None, ge=1, le=64, description="lora: top layers adapted (default: all the backbone's split offers)")
+    unfreeze_layers: int | None = Field(
+        None, ge=1, le=64, description="unfreeze: top layers trained (default: all the backbone's split offers; "
+                                       "their weights at most GRAFT_MAX_UNFREEZE_BYTES)")
     lora_targets: list[Literal["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]] | None = Field(
         None, min_length=1, description="lora: projections adapted (default: all six)")
     layer_decay: float = Field(
-        0.8, gt=0, le=1, description="lora: discriminative learning rates, each lower layer learns this much slower")
+        0.8, gt=0, le=1, description="lora, unfreeze: discriminative learning rates, each lower layer learns this "
+                                     "much slower")
     gradual_unfreeze: bool = Field(
-        False, description="lora: gradual unfreezing, the top layer's factors train first, one layer more each epoch")
-    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora)")
-    batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora)")
-    lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the factors")
+        False, description="lora, unfreeze: gradual unfreezing, the top layer trains first, one layer more each epoch")
+    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora, unfreeze)")
+    batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora, unfreeze)")
+    lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the top layer's "
+                                                           "factors; unfreeze: 1e-4 for the top layer's weights")
     weight_decay: float = Field(1e-2, ge=0, le=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=0.5)
     patience: int | None = Field(
-        None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 3 lora)")
+        None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 3 lora and "
+                                         "unfreeze)")
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")

@@ -25,10 +25,13 @@ class Settings(BaseSettings):
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
     split_layers: int = Field(
-        2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA) adapters adapt, served from "
-                                    "split lower/upper graphs; 0 = head adapters only")
+        2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA, unfreeze) adapters train, "
+                                    "served from split lower/upper graphs; 0 = head adapters only")
     max_loras_per_batch: int = Field(
         32, ge=1, description="distinct LoRA adapters in one upper-graph call (as vLLM's max_loras)")
+    max_unfreeze_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="largest unfreeze adapter (its layers' fp32 weights) a fine-tune may "
+                                            "train; more layers are refused (400)")
 
     host: str = "127.0.0.1"
     port: int = 3000
@@ -48,14 +51,16 @@ class Settings(BaseSettings):
     train_nice: int = Field(10, ge=0, le=19, description="CPU priority offset of fine-tune workers")
     max_train_examples: int = Field(50_000, ge=2)
     max_lora_examples: int = Field(
-        10_000, ge=2, description="examples per LoRA job (its hidden states are held in memory while it trains)")
+        10_000, ge=2, description="examples per LoRA or unfreeze job (its hidden states are held in memory while it "
+                                  "trains)")
     max_queued_jobs: int = Field(100, ge=1, description="beyond this, POST /v1/finetune answers 429")
     max_upload_mb: float = Field(20.0, gt=0, description="request body limit of POST /v1/finetune")
     job_lease_s: float = Field(30.0, gt=0, description="a worker silent this long loses its job")
     job_max_attempts: int = Field(2, ge=1)
     job_poll_ms: int = Field(500, ge=10)
     embedding_cache_days: float = Field(
-        30.0, ge=0, description="cached training vectors are deleted this long after they were computed; 0 = never")
+        30.0, ge=0, description="cached training vectors (and deep adapters' hidden states) are deleted this "
+                                "long after they were computed; 0 = never")
     kept_examples_days: float = Field(
         90.0, ge=0, description="examples a tenant kept (params.keep_examples) are deleted this long after "
                                 "their job ended; 0 = never (without keep_examples: deleted when the job ends)")

@@ -19,6 +19,7 @@ def server(graft_home, tmp_path_factory):
         GRAFT_JOB_POLL_MS="100",
         GRAFT_MAX_IMAGE_MB="0.5",
         GRAFT_MAX_LORA_EXAMPLES="200",
+        GRAFT_MAX_UNFREEZE_BYTES="10000000",  # one MiniLM layer (7.1 MB) fits, two do not
         # Many tests send bad keys on purpose, all from 127.0.0.1: the per-address throttle of
         # failed authentications (tests/unit/test_auth.py) must not turn their 401s into 429s.
         GRAFT_AUTH_MAX_FAILURES="500",

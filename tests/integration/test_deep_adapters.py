@@ -1,10 +1,11 @@
-"""Deep (LoRA) adapters over HTTP and gRPC against the real server and its worker: a LoRA
-fine-tune beats a head on data a head cannot learn, LoRA and head-only tenants share
-batches without changing each other's answers, versions say what they are, bad
-parameters get 400 saying what is allowed."""
+"""Deep (LoRA and unfreeze) adapters over HTTP and gRPC against the real server and its
+worker: a LoRA or unfreeze fine-tune beats a head on data a head cannot learn, LoRA,
+unfreeze and head-only tenants share batches without changing each other's answers,
+versions say what they are, bad parameters get 400 saying what is allowed."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 
 import grpc
 import pytest
@@ -30,11 +31,14 @@ def accuracy(client, tenant: str, adapter: str) -> tuple[float, list[dict]]:
 
 @pytest.fixture(scope="module")
 def trained(client):
-    """One tenant with a head adapter and a LoRA adapter fine-tuned on the same examples."""
+    """One tenant with a head, a LoRA and an unfreeze adapter fine-tuned on the same examples."""
     tenant, key = helpers.new_tenant(client, "deep")
     jobs = {}
     # 8 epochs: on 160 short examples the default 4 leaves LoRA near its threshold here.
-    for adapter, params in (("head", {}), ("lora", {"method": "lora", "epochs": 8})):
+    # Unfreeze: one layer (GRAFT_MAX_UNFREEZE_BYTES here), the small set's learning rate
+    # (adapters/deep.py UnfreezeParams).
+    for adapter, params in (("head", {}), ("lora", {"method": "lora", "epochs": 8}),
+                            ("unfreeze", {"method": "unfreeze", "unfreeze_layers": 1, "lr": 3e-4, "epochs": 6})):
         r = client.post("/v1/finetune", json={"tenant": tenant, "adapter": adapter, "examples": TRAIN,
                                               "params": params})
         assert r.status_code == 202, r.text
@@ -46,7 +50,9 @@ def trained(client):
 
 def test_readyz_says_which_backbones_take_deep_adapters(client):
     backbones = {b["id"]: b for b in client.get("/readyz").json()["backbones"]}
-    assert backbones["minilm-l6"]["deep_adapters"] == {"methods": ["lora"], "layers": 2, "split": 4}
+    deep = backbones["minilm-l6"]["deep_adapters"]
+    assert {k: deep[k] for k in ("methods", "layers", "split")} == {"methods": ["lora", "unfreeze"], "layers": 2,
+                                                                      "split": 4}
     assert "deep_adapters" not in backbones["efficientnet-lite0"]
 
 
@@ -57,6 +63,14 @@ def test_a_lora_fine_tune_beats_a_head_where_a_head_cannot_learn(client, trained
     assert lora >= 0.85 and lora >= head + 0.15, (lora, head)
 
 
+def test_an_unfreeze_fine_tune_is_promoted_and_beats_a_head(client, trained):
+    tenant, _, done = trained
+    assert done["unfreeze"]["promoted"] and done["unfreeze"]["version"] == 1
+    head, _ = accuracy(client, tenant, "head")
+    unfreeze, _ = accuracy(client, tenant, "unfreeze")
+    assert unfreeze >= 0.85 and unfreeze >= head + 0.15, (unfreeze, head)
+
+
 def test_versions_say_their_method_and_size(client, trained):
     tenant, _, _ = trained
     (lora,) = client.get(f"/v1/tenants/{tenant}/adapters/lora/versions").json()["versions"]
@@ -65,24 +79,28 @@ def test_versions_say_their_method_and_size(client, trained):
     assert head["method"] == "head" and head["lora"] is None
     assert head["bytes"] < 10_000 < lora["bytes"] <= 512 * 1024
     assert lora["training"]["method"] == "lora"
+    (unfreeze,) = client.get(f"/v1/tenants/{tenant}/adapters/unfreeze/versions").json()["versions"]
+    assert unfreeze["method"] == "unfreeze" and unfreeze["lora"] is None and unfreeze["unfreeze"] == {
+        "layers": 1, "split": 4, "backbone_layers": 6, "hidden": 384, "intermediate": 1536}
+    assert 7_000_000 < unfreeze["bytes"] < 7_200_000  # one MiniLM layer in fp32, and the head
+    assert unfreeze["training"]["method"] == "unfreeze" and head["unfreeze"] is None
 
 
 def test_lora_and_head_tenants_share_batches_without_changing_answers(server, client, trained):
-    """Requests of a LoRA adapter, a head adapter and plain embeddings, all at once: every
+    """Requests of a LoRA adapter, an unfreeze adapter and a head adapter, all at once: every
     answer equals the one the same request got alone."""
     tenant, key, _ = trained
-    _, alone_lora = accuracy(client, tenant, "lora")
-    _, alone_head = accuracy(client, tenant, "head")
+    alone = {adapter: accuracy(client, tenant, adapter)[1] for adapter in ("lora", "unfreeze", "head")}
 
     def call(i: int):
-        adapter = ("lora", "head")[i % 2]
+        adapter = ("lora", "unfreeze", "head")[i % 3]
         with server.client(key) as c:
             return adapter, accuracy(c, tenant, adapter)[1]
 
     with cf.ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(call, range(16)))
+        results = list(pool.map(call, range(18)))
     for adapter, predictions in results:
-        expected = alone_lora if adapter == "lora" else alone_head
+        expected = alone[adapter]
         for got, want in zip(predictions, expected):
             assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-4
 
@@ -104,16 +122,39 @@ def test_lora_over_grpc(server, trained):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_unfreeze_over_grpc(server, trained):
+    tenant, key, _ = trained
+    stub = pb_grpc.GraftStub(server.channel(key))
+    out = stub.Predict(pb.PredictRequest(tenant=tenant, adapter="unfreeze", inputs=[t for t, _ in HELD_OUT[:40]]))
+    assert sum(p.label == label for p, (_, label) in zip(out.predictions, HELD_OUT)) / 40 >= 0.8
+    (version,) = stub.ListVersions(pb.ListVersionsRequest(tenant=tenant, adapter="unfreeze")).versions
+    assert version.method == "unfreeze" and version.bytes > 7_000_000 and json.loads(version.unfreeze_json)["layers"] == 1
+    job = stub.FineTune(pb.FineTuneRequest(
+        tenant=tenant, adapter="unfreeze-grpc", examples=[pb.Example(text=e["text"], label=e["label"]) for e in TRAIN],
+        params=pb.FineTuneParams(method="unfreeze", unfreeze_layers=1, epochs=1)))
+    assert job.status == "queued"
+    with pytest.raises(grpc.RpcError) as e:
+        stub.FineTune(pb.FineTuneRequest(tenant=tenant, examples=[pb.Example(text=x["text"], label=x["label"])
+                                                                  for x in TRAIN[:8]],
+                                         params=pb.FineTuneParams(method="unfreeze", unfreeze_layers=2)))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "GRAFT_MAX_UNFREEZE_BYTES" in e.value.details()
+
+
 @pytest.mark.parametrize("params, backbone, needle", [
-    ({"method": "unfreeze"}, None, "params.method"),
+    ({"method": "full"}, None, "params.method"),
     ({"method": "lora", "lora_rank": 0}, None, "lora_rank"),
     ({"method": "lora", "lora_rank": 65}, None, "lora_rank"),
     ({"method": "lora", "lora_layers": 3}, None, "at most its top 2 layers"),
     ({"method": "lora", "lora_targets": ["query", "gate"]}, None, "lora_targets"),
     ({"method": "lora", "lora_targets": []}, None, "lora_targets"),
     ({"method": "lora"}, "efficientnet-lite0", "an image backbone: use method head"),
+    ({"method": "unfreeze"}, "efficientnet-lite0", "method unfreeze needs a text backbone split"),
+    ({"method": "unfreeze", "unfreeze_layers": 3}, None, "unfreezes at most its top 2 layers"),
+    ({"method": "unfreeze", "unfreeze_layers": 0}, None, "unfreeze_layers"),
+    # Two MiniLM layers (14.2 MB) exceed the test server's GRAFT_MAX_UNFREEZE_BYTES (10 MB).
+    ({"method": "unfreeze"}, None, "over GRAFT_MAX_UNFREEZE_BYTES (9.5 MiB): unfreeze at most 1 layers"),
 ])
-def test_bad_lora_parameters_are_400(client, params, backbone, needle):
+def test_bad_deep_parameters_are_400(client, params, backbone, needle):
     tenant, _ = helpers.new_tenant(client, "deep")
     body = {"tenant": tenant, "examples": TRAIN[:8], "params": params}
     if backbone:

@@ -395,7 +395,7 @@ def test_deleting_a_tenant_erases_everything_it_had(server, admin):
     removed = r.json()["removed"]
     assert removed == {"keys": before["api_keys"], "adapters": 2, "versions": before["adapter_versions"],
                        "jobs": before["jobs"], "job_examples": 1, "job_events": before["job_events"],
-                       "cached_vectors": before["embedding_cache"]}
+                       "cached_vectors": before["embedding_cache"], "cached_hidden_states": 0}
     assert not any(_rows_of(server.database_url, tenant).values())
     assert _rows_of(server.database_url, other) == other_before
 

@@ -104,3 +104,55 @@ def test_zero_shot_head_picks_the_nearest_label():
 def test_bad_label_sets_refused(labels, descriptions, needle):
     with pytest.raises(zero_shot.LabelError, match=needle):
         zero_shot.check_labels(labels, descriptions)
+
+
+def unfreeze_adapter(layers: int = 1) -> tuple[AdapterConfig, dict[str, np.ndarray]]:
+    """An unfreeze adapter of the top `layers` of a small 3-layer backbone split at layer 1."""
+    from models.split import SplitShape
+
+    shape = SplitShape(layers=3, split=1, hidden=8, intermediate=16)
+    config, tensors = linear()
+    rng = np.random.default_rng(3)
+    for layer in range(3 - layers, 3):
+        for path, size in shape.layer_params().items():
+            tensors[f"layer.{layer}.{path}"] = rng.normal(size=size).astype(np.float32)
+    recipe = {"layers": layers, "split": 1, "backbone_layers": 3, "hidden": 8, "intermediate": 16}
+    return AdapterConfig(**{**config.__dict__, "method": "unfreeze", "unfreeze": recipe}), tensors
+
+
+def test_unfreeze_adapter_round_trip():
+    config, tensors = unfreeze_adapter()
+    sealed, weights = encode(config, tensors)
+    adapter = decode(sealed.to_json(), weights, fingerprint=FP, dim=8, split=1)
+    assert adapter.unfrozen is not None and adapter.unfrozen.layers == [2] and adapter.lora is None
+    assert adapter.deep is adapter.unfrozen
+    assert np.array_equal(adapter.unfrozen.weights["2.output.dense.weight"], tensors["layer.2.output.dense.weight"])
+    assert adapter.nbytes >= adapter.unfrozen.nbytes  # the cache counts the layers' bytes
+    with pytest.raises(AdapterFormatError, match="split at layer 2"):
+        decode(sealed.to_json(), weights, fingerprint=FP, dim=8, split=2)
+    with pytest.raises(AdapterFormatError, match="needs a split backbone"):
+        decode(sealed.to_json(), weights, fingerprint=FP, dim=8)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda t: t.update({"layer.2.attention.self.gate.weight": np.zeros((8, 8), np.float32)}), "unknown"),
+    (lambda t: t.pop("layer.2.output.LayerNorm.bias"), "missing"),
+    (lambda t: t.update({"layer.0.output.dense.bias": np.zeros(8, np.float32)}), "unknown"),  # below the split
+    (lambda t: t.update({"layer.2.intermediate.dense.weight": np.zeros((8, 8), np.float32)}), "expected (16, 8)"),
+    (lambda t: t.update({"lora_a.2.output.dense": np.zeros((16, 2), np.float32)}), "no LoRA factors"),
+])
+def test_bad_unfreeze_weights_are_refused(change, needle):
+    config, tensors = unfreeze_adapter()
+    change(tensors)
+    with pytest.raises(AdapterFormatError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        encode(config, tensors)
+
+
+def test_unfreeze_settings_must_fit_the_split():
+    config, tensors = unfreeze_adapter()
+    too_many = AdapterConfig(**{**config.__dict__, "unfreeze": {**config.unfreeze, "layers": 3}})
+    with pytest.raises(AdapterFormatError, match="1 to 2 top layers"):
+        encode(too_many, tensors)
+    head = AdapterConfig(**{**config.__dict__, "method": "head", "unfreeze": None})
+    with pytest.raises(AdapterFormatError, match="carries no layer weights"):
+        encode(head, tensors)

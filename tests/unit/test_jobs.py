@@ -169,6 +169,40 @@ def test_the_embedding_cache_is_per_tenant(queue):
     assert queue.embedding_cache("globex").cached_embeddings("fp", ["a secret text"]) == {}
 
 
+def test_hidden_state_cache(queue):
+    """Deep adapters' hidden states: (token count, float16 bytes) per tenant, per hidden key
+    (fingerprint, split, lower graph file and precision), per text."""
+    states = np.arange(3 * 4, dtype=np.float16).reshape(3, 4)
+    key = "f" * 32 + ":s4:lower-s4-v1:fp32"
+    queue.embedding_cache("acme").store_hidden_states(key, {"hello": (3, states.tobytes())})
+    found = queue.embedding_cache("acme").cached_hidden_states(key, ["hello", "other"])
+    assert list(found) == ["hello"] and found["hello"][0] == 3
+    assert np.array_equal(np.frombuffer(found["hello"][1], dtype=np.float16).reshape(3, -1), states)
+    for other in ("f" * 32 + ":s3:lower-s3-v1:fp32", "f" * 32 + ":s4:lower-s4-v1:int8", "e" * 32 + ":s4:lower-s4-v1:fp32"):
+        assert queue.cached_hidden_states("acme", other, ["hello"]) == {}
+    assert queue.embedding_cache("globex").cached_hidden_states(key, ["hello"]) == {}  # per tenant
+    # A second store of the same text (another worker meanwhile) keeps the first row.
+    queue.store_hidden_states("acme", key, {"hello": (1, b"xx"), "new": (1, b"yy")})
+    assert queue.cached_hidden_states("acme", key, ["hello", "new"]) == {"hello": (3, states.tobytes()),
+                                                                         "new": (1, b"yy")}
+
+
+def test_retention_sweeps_old_hidden_states(queue):
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import update
+
+    from adapters.jobs import HiddenStateRow
+
+    queue.store_hidden_states("acme", "k", {"old": (1, b"12"), "new": (1, b"34")})
+    with queue.session.begin() as s:
+        s.execute(update(HiddenStateRow).where(HiddenStateRow.text_sha256 == text_key("old"))
+                  .values(created_at=datetime.now(timezone.utc) - timedelta(days=40)))
+    assert queue.sweep(embeddings_days=0, kept_examples_days=0)["cached_hidden_states"] == 0  # 0: kept forever
+    assert queue.sweep(embeddings_days=30, kept_examples_days=90)["cached_hidden_states"] == 1
+    assert queue.cached_hidden_states("acme", "k", ["old", "new"]) == {"new": (1, b"34")}
+
+
 def test_retention_sweeps_old_vectors_and_kept_examples(queue):
     from datetime import datetime, timedelta, timezone
 
@@ -184,12 +218,14 @@ def test_retention_sweeps_old_vectors_and_kept_examples(queue):
                   .values(created_at=datetime.now(timezone.utc) - timedelta(days=40)))
         s.execute(update(JobRow).where(JobRow.id == kept.id)
                   .values(finished_at=datetime.now(timezone.utc) - timedelta(days=100)))
-    assert queue.sweep(embeddings_days=30, kept_examples_days=90) == {"cached_vectors": 1, "kept_examples": 1}
+    assert queue.sweep(embeddings_days=30, kept_examples_days=90) == {"cached_vectors": 1, "cached_hidden_states": 0,
+                                                                      "kept_examples": 1}
     assert queue.cached_embeddings("acme", "fp", ["old", "new"]) == {"new": b"5678"}
     with queue.session() as s:
         assert s.get(JobExamplesRow, kept.id) is None
     assert queue.get(kept.id).status == "failed"  # the job's record stays; only its data goes
-    assert queue.sweep(embeddings_days=0, kept_examples_days=0) == {"cached_vectors": 0, "kept_examples": 0}
+    assert queue.sweep(embeddings_days=0, kept_examples_days=0) == {"cached_vectors": 0, "cached_hidden_states": 0,
+                                                                    "kept_examples": 0}
 
 
 def test_examples_are_deleted_when_the_job_ends_unless_kept(queue):
@@ -370,9 +406,14 @@ def test_erasing_a_tenant_stops_its_running_job_from_publishing(queue):
     job = submit(queue)
     claim = queue.claim("w")
     queue.store_embeddings("acme", "fp", {"a": b"1234"})
+    queue.store_hidden_states("acme", "fp:s4:lower:fp32", {"a": (1, b"12"), "b": (2, b"1234")})
+    queue.registry.create_tenant("globex")
+    queue.store_hidden_states("globex", "fp:s4:lower:fp32", {"a": (1, b"12")})
     removed = erase_tenant(queue.registry, "acme")
     assert removed == {"keys": 0, "adapters": 0, "versions": 0, "jobs": 1, "job_examples": 1, "job_events": 2,
-                       "cached_vectors": 1}
+                       "cached_vectors": 1, "cached_hidden_states": 2}
+    assert queue.cached_hidden_states("acme", "fp:s4:lower:fp32", ["a", "b"]) == {}
+    assert queue.cached_hidden_states("globex", "fp:s4:lower:fp32", ["a"]) == {"a": (1, b"12")}
     with pytest.raises(LeaseLost):
         queue.heartbeat(claim)
     with pytest.raises(LeaseLost):

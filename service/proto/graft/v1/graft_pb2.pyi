@@ -93,7 +93,7 @@ class Example(_message.Message):
     def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
 
 class FineTuneParams(_message.Message):
-    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay", "gradual_unfreeze")
+    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay", "gradual_unfreeze", "unfreeze_layers")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class FineTuneParams(_message.Message):
     LORA_TARGETS_FIELD_NUMBER: _ClassVar[int]
     LAYER_DECAY_FIELD_NUMBER: _ClassVar[int]
     GRADUAL_UNFREEZE_FIELD_NUMBER: _ClassVar[int]
+    UNFREEZE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     head: str
     hidden: int
     epochs: int
@@ -138,7 +139,8 @@ class FineTuneParams(_message.Message):
     lora_targets: _containers.RepeatedScalarFieldContainer[str]
     layer_decay: float
     gradual_unfreeze: bool
-    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ..., gradual_unfreeze: _Optional[bool] = ...) -> None: ...
+    unfreeze_layers: int
+    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ..., gradual_unfreeze: _Optional[bool] = ..., unfreeze_layers: _Optional[int] = ...) -> None: ...
 
 class FineTuneRequest(_message.Message):
     __slots__ = ("tenant", "adapter", "backbone", "examples", "params")
@@ -335,7 +337,7 @@ class ListVersionsRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ...) -> None: ...
 
 class VersionDetail(_message.Message):
-    __slots__ = ("version", "active", "created_at", "backbone", "head", "labels", "metrics_json", "training_json", "parent_version", "method", "lora_json", "bytes")
+    __slots__ = ("version", "active", "created_at", "backbone", "head", "labels", "metrics_json", "training_json", "parent_version", "method", "lora_json", "bytes", "unfreeze_json")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -348,6 +350,7 @@ class VersionDetail(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     LORA_JSON_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    UNFREEZE_JSON_FIELD_NUMBER: _ClassVar[int]
     version: int
     active: bool
     created_at: str
@@ -360,7 +363,8 @@ class VersionDetail(_message.Message):
     method: str
     lora_json: str
     bytes: int
-    def __init__(self, version: _Optional[int] = ..., active: _Optional[bool] = ..., created_at: _Optional[str] = ..., backbone: _Optional[str] = ..., head: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., metrics_json: _Optional[str] = ..., training_json: _Optional[str] = ..., parent_version: _Optional[int] = ..., method: _Optional[str] = ..., lora_json: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+    unfreeze_json: str
+    def __init__(self, version: _Optional[int] = ..., active: _Optional[bool] = ..., created_at: _Optional[str] = ..., backbone: _Optional[str] = ..., head: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., metrics_json: _Optional[str] = ..., training_json: _Optional[str] = ..., parent_version: _Optional[int] = ..., method: _Optional[str] = ..., lora_json: _Optional[str] = ..., bytes: _Optional[int] = ..., unfreeze_json: _Optional[str] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
     __slots__ = ("tenant", "adapter", "versions")
