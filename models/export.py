@@ -92,41 +92,41 @@ def ensure_artifact(spec: BackboneSpec, precision: str, home: Path) -> Path:
 def ensure_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path]:
     """Paths of the lower and upper fp32 graphs of a text backbone split at `shape.split`
     (models/split.py), exporting them when missing."""
-    from models.split import SPLIT_SETTINGS, export_split
+    from models.split import export_split
 
-    folder = artifact_dir(spec, home)
-    tag = f"s{shape.split}-v{SPLIT_SETTINGS['format']}"
-    lower, upper = folder / f"lower-{tag}.onnx", folder / f"upper-{tag}.onnx"
-    if lower.is_file() and upper.is_file():
-        return lower, upper
-    folder.mkdir(parents=True, exist_ok=True)
-    with locked(folder / ".lock"):
-        if not (lower.is_file() and upper.is_file()):
-            log.info("exporting %s split at layer %d (deep adapters)", spec.id, shape.split)
-            with atomic_write(lower) as tmp_lower, atomic_write(upper) as tmp_upper:
-                export_split(spec, shape, tmp_lower, tmp_upper)
-    return lower, upper
+    return _ensure_split_files(spec, shape, home, ("lower-{tag}.onnx", "upper-{tag}.onnx"), export_split,
+                               "split at layer {split} (deep adapters)")
 
 
 def ensure_upper_weights(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path]:
     """Paths of the upper_weights fp32 graph of a text backbone split at `shape.split` (every
     upper-layer parameter an input: unfreeze adapters) and of its pretrained weights
     (safetensors), exporting them when missing."""
-    from models.split import SPLIT_SETTINGS, export_upper_weights
+    from models.split import export_upper_weights
+
+    return _ensure_split_files(spec, shape, home, ("upper-weights-{tag}.onnx", "upper-weights-{tag}.safetensors"),
+                               export_upper_weights,
+                               "upper layers from {split} with their weights as inputs (unfreeze adapters)")
+
+
+def _ensure_split_files(spec: BackboneSpec, shape: Any, home: Path, names: tuple[str, str],
+                        export: Any, what: str) -> tuple[Path, Path]:
+    """Two files `export(spec, shape, first, second)` writes together, under the artifact folder,
+    named by the split layer and the split export format; built once, under the folder's lock."""
+    from models.split import SPLIT_SETTINGS
 
     folder = artifact_dir(spec, home)
     tag = f"s{shape.split}-v{SPLIT_SETTINGS['format']}"
-    graph, pretrained = folder / f"upper-weights-{tag}.onnx", folder / f"upper-weights-{tag}.safetensors"
-    if graph.is_file() and pretrained.is_file():
-        return graph, pretrained
+    first, second = (folder / name.format(tag=tag) for name in names)
+    if first.is_file() and second.is_file():
+        return first, second
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / ".lock"):
-        if not (graph.is_file() and pretrained.is_file()):
-            log.info("exporting %s upper layers from %d with their weights as inputs (unfreeze adapters)",
-                     spec.id, shape.split)
-            with atomic_write(graph) as tmp_graph, atomic_write(pretrained) as tmp_pretrained:
-                export_upper_weights(spec, shape, tmp_graph, tmp_pretrained)
-    return graph, pretrained
+        if not (first.is_file() and second.is_file()):
+            log.info("exporting %s %s", spec.id, what.format(split=shape.split))
+            with atomic_write(first) as tmp_first, atomic_write(second) as tmp_second:
+                export(spec, shape, tmp_first, tmp_second)
+    return first, second
 
 
 def _build(spec: BackboneSpec, precision: str, folder: Path) -> None:

@@ -332,17 +332,8 @@ def gate(spec: BackboneSpec, fp32: Path, recipes: dict[str, Path], cpu: CpuFeatu
     the bar wins. Returns the verdict (JSON-able)."""
     bar = IMAGE_BAR if spec.kind == "image" else TEXT_BAR
     measure = _measure_image if spec.kind == "image" else _measure_text
-    measured: dict[str, dict[str, float]] = {}
-    chosen, misses = None, []
-    for name, path in recipes.items():
-        figures = measure(spec, fp32, path)
-        measured[name] = figures
-        missed = [f"{k} {figures[k]:.4f} < {v}" for k, v in bar.items() if figures[k] < v]
-        if missed:
-            misses.append(f"{name}: {', '.join(missed)}")
-            continue
-        chosen = name
-        break
+    chosen, measured, misses = first_meeting(bar, {name: (lambda p=path: measure(spec, fp32, p))
+                                                   for name, path in recipes.items()})
     if chosen:
         figures = measured[chosen]
         reason = f"serving int8 recipe {chosen} (" + ", ".join(f"{k} {figures[k]:.4f}" for k in bar) + ")"
@@ -352,6 +343,20 @@ def gate(spec: BackboneSpec, fp32: Path, recipes: dict[str, Path], cpu: CpuFeatu
         reason = (f"serving fp32: no int8 recipe for {spec.kind} backbones is exact on this CPU "
                   "(u8 x s8 sums saturate without VNNI; see docs/BENCHMARKS.md)")
     return {"recipe": chosen, "cpu": cpu.describe(), "bar": bar, "measured": measured, "reason": reason}
+
+
+def first_meeting(bar: dict[str, float], measures: dict[str, Any]) -> tuple[str | None, dict[str, Any], list[str]]:
+    """Run `measures` (recipe -> a call returning its figures) in order until one meets every
+    figure of `bar`: that recipe (or None), the figures of those measured, and the misses."""
+    measured: dict[str, dict[str, float]] = {}
+    misses: list[str] = []
+    for name, measure in measures.items():
+        figures = measured[name] = measure()
+        missed = [f"{k} {figures[k]:.4f} < {v}" for k, v in bar.items() if figures[k] < v]
+        if not missed:
+            return name, measured, misses
+        misses.append(f"{name}: {', '.join(missed)}")
+    return None, measured, misses
 
 
 def _session(path: Path):  # -> ort.InferenceSession
@@ -444,15 +449,9 @@ def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | 
 
     with locked(folder / ".lock"):
         if not verdict_file.is_file():
-            measured, chosen, misses = {}, None, []
-            for name in names:  # fastest first; the first that meets the bar is served
-                figures = _measure_split(spec, shape, fp32, *build(name))
-                measured[name] = figures
-                missed = [f"{k} {figures[k]:.4f} < {v}" for k, v in TEXT_BAR.items() if figures[k] < v]
-                if not missed:
-                    chosen = name
-                    break
-                misses.append(f"{name}: {', '.join(missed)}")
+            # Fastest first; each candidate built only when it is measured.
+            chosen, measured, misses = first_meeting(TEXT_BAR, {
+                name: (lambda n=name: _measure_split(spec, shape, fp32, *build(n))) for name in names})
             reason = (f"split graphs int8 {chosen} (min_cosine {measured[chosen]['min_cosine']:.4f})" if chosen
                       else "split graphs fp32: " + ("; ".join(misses) or "no split recipe for this CPU"))
             verdict = {"recipe": chosen, "cpu": cpu.describe(), "measured": measured, "reason": reason}
@@ -461,7 +460,7 @@ def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | 
         verdict = json.loads(verdict_file.read_text())
         chosen = verdict["recipe"]
         if chosen:
-            build(chosen)  # a verdict may come from another artifact folder's files: rebuild if gone
+            build(chosen)  # its graphs may have been deleted since the verdict
     log.info("%s split at layer %d: %s", spec.id, shape.split, verdict["reason"])
     return Int8Choice(split_paths(lower, upper, chosen)[0] if chosen else lower, "int8" if chosen else "fp32",
                       chosen, verdict["cpu"], verdict["measured"], verdict["reason"])

@@ -53,20 +53,18 @@ def load_backbone(
             from models.split import split_shape
 
             shape = split_shape(spec, split_layers)
-            lower, upper = ensure_split(spec, shape, home)
-            split_precision, split_gate = "fp32", None
-            if int8 is not None:  # int8 asked for: the split graphs have their own gate
-                choice = choose_split(spec, shape, home)
-                split_precision, split_gate = choice.precision, choice.describe()
-                if choice.recipe:
-                    lower, upper = split_paths(lower, upper, choice.recipe)
-            split = SplitRunner(shape, OrtRunner(lower, ort_provider, split_precision, intra_op_threads),
-                                OrtRunner(upper, ort_provider, split_precision, intra_op_threads))
-            split.gate = split_gate
-            if split_precision == "int8":
-                split.fp32_lower = ensure_split(spec, shape, home)[0]  # deep adapters train on fp32 states
-            split.upper_weights = UpperWeights.load(shape, *ensure_upper_weights(spec, shape, home), ort_provider,
-                                                    intra_op_threads)
+            fp32_lower, fp32_upper = ensure_split(spec, shape, home)
+            # int8 asked for: the split graphs have their own gate (per-token int8, or fp32).
+            gate = choose_split(spec, shape, home) if int8 is not None else None
+            int8_split = gate is not None and gate.recipe is not None
+            lower, upper = split_paths(fp32_lower, fp32_upper, gate.recipe) if int8_split else (fp32_lower, fp32_upper)
+            precision = "int8" if int8_split else "fp32"
+            split = SplitRunner(shape, OrtRunner(lower, ort_provider, precision, intra_op_threads),
+                                OrtRunner(upper, ort_provider, precision, intra_op_threads),
+                                UpperWeights.load(shape, *ensure_upper_weights(spec, shape, home), ort_provider,
+                                                  intra_op_threads))
+            split.gate = gate.describe() if gate else None
+            split.fp32_lower = fp32_lower if int8_split else None  # deep adapters train on fp32 states
         backbone = TextBackbone(spec, runner, split)
     backbone.int8 = int8.describe() if int8 else None
     log.info(

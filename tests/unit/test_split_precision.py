@@ -55,3 +55,20 @@ def test_deep_adapters_train_on_fp32_hidden_states(served, graft_home):
     for got, want in zip(served.hidden_states(SENTENCES), fp32.hidden_states(SENTENCES)):
         assert np.array_equal(got, want)
     assert served.hidden_key == fp32.hidden_key
+
+
+def test_a_cpu_without_vnni_gates_the_u8u8_split_recipe(graft_home):
+    """u8 x s8 sums saturate on AVX2 without VNNI: such a CPU gets per-token-u8u8, which must
+    meet the same bar (measured here on this machine's kernels; the u8 x u8 path is exact on
+    every x86 kernel)."""
+    from models.catalog import resolve_spec
+    from models.int8 import CpuFeatures, choose_split
+    from models.split import split_shape
+
+    spec = resolve_spec("minilm-l6")
+    avx2 = CpuFeatures("x86_64", ("avx2",))
+    choice = choose_split(spec, split_shape(spec, 2), graft_home, cpu=avx2)
+    assert list(choice.measured)[0] == "per-token-u8u8"
+    assert choice.recipe == "per-token-u8u8" and choice.precision == "int8", choice.reason
+    figures = choice.measured["per-token-u8u8"]
+    assert figures["min_cosine"] >= TEXT_BAR["min_cosine"] and figures["row_dependence"] <= 1e-5
