@@ -1,6 +1,6 @@
 """Deep adapters on a split text backbone (models/split.py), trained in torch on hidden
-states the serving lower graph computed once per example: LoRA on the top layers (PEFT), or
-the top layers unfrozen (method unfreeze: all their weights train).
+states the fp32 lower graph computed once per example (SplitRunner.training_lower): LoRA
+on the top layers (PEFT), or the top layers unfrozen (method unfreeze: all their weights train).
 
 Recipe (LP-FT), shared by both methods (`_fit`): a linear head is first fitted on the frozen
 upper layers' vectors, then the trainable weights of the top layers and the head are trained
@@ -25,6 +25,7 @@ from adapters.training import Cancelled, EpochReport, TrainParams, train_head
 from models.split import TARGETS, LoraFactors, SplitShape, UnfrozenLayers
 
 MAX_RANK = 64
+BUCKET_MIN_EXAMPLES = 1000  # smaller training sets keep plain random batches (DeepParams.bucket)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class DeepParams:
     patience: int = 3  # validation F1 dips for an epoch or two before the top layers pay off
     seed: int = 0
     gradual_unfreeze: bool = False  # epoch 1 trains the top layer, each epoch one layer more
+    # Batches sorted by length within runs of this many, then shuffled (1: plain random batches),
+    # for training sets of BUCKET_MIN_EXAMPLES or more. On 2,000 reviews 8 cut LoRA's training
+    # from 66 s to 54 s at the same macro-F1 (0.768 -> 0.777); sorting whole epochs had lost 0.5
+    # point there, and on small sets (the XOR test task, 128 examples: one run of 8 batches)
+    # it stopped training from beating the probe.
+    bucket: int = 8
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,17 @@ def _batches(hidden: list[np.ndarray], idx: np.ndarray) -> tuple[Any, Any]:
 def _vectors(upper: Any, hidden: list[np.ndarray], batch: int = 64) -> np.ndarray:
     import torch
 
-    out = []
+    order = np.argsort([len(h) for h in hidden], kind="stable")  # batches of similar lengths pad little
+    out = np.empty((len(hidden), 0), dtype=np.float32)
     with torch.no_grad():
         for i in range(0, len(hidden), batch):
-            h, m = _batches(hidden, np.arange(i, min(i + batch, len(hidden))))
-            out.append(upper(h, m).numpy())
-    return np.concatenate(out)
+            rows = order[i : i + batch]
+            h, m = _batches(hidden, rows)
+            vectors = upper(h, m).numpy()
+            if not out.shape[1]:
+                out = np.empty((len(hidden), vectors.shape[1]), dtype=np.float32)
+            out[rows] = vectors
+    return out
 
 
 def _probe(upper: Any, hidden_train: list[np.ndarray], y_train: np.ndarray, hidden_val: list[np.ndarray],
@@ -200,10 +212,7 @@ def _fit(model: Any, layer_params: list[list[Any]], shape: SplitShape, hidden_tr
                 t.requires_grad_(i in trainable)
         model.train()
         total = 0.0
-        # Random batches. Batches of similar lengths trained 25 % faster but lost 0.5 point
-        # on reviews and 13 points on the XOR test task (less mixed batches).
-        order = generator.permutation(len(y_train))
-        for idx in (order[i : i + p.batch_size] for i in range(0, len(order), p.batch_size)):
+        for idx in _epoch_batches(generator, [len(h) for h in hidden_train], p.batch_size, p.bucket):
             h, m = _batches(hidden_train, idx)
             optimizer.zero_grad()
             loss = loss_fn(head(model(h, m)), yt[idx])
@@ -224,6 +233,22 @@ def _fit(model: Any, layer_params: list[list[Any]], shape: SplitShape, hidden_tr
                 break
     weights, head_tensors = best_state
     return TrainedDeep(weights, head_tensors, epoch, best_epoch, history)
+
+
+def _epoch_batches(generator: Any, lengths: list[int], batch_size: int, bucket: int) -> list[np.ndarray]:
+    """One epoch's batches: a random order; with `bucket` > 1 (and BUCKET_MIN_EXAMPLES or more),
+    each run of `bucket` batches of it sorted by length before it is cut (less padding, batches
+    still random across runs), and the batches shuffled."""
+    order = generator.permutation(len(lengths))
+    bucket = bucket if len(lengths) >= BUCKET_MIN_EXAMPLES else 1  # small sets train fast anyway
+    if bucket > 1:
+        window = batch_size * bucket
+        order = np.concatenate([sorted(order[i : i + window], key=lambda j: lengths[j])
+                                for i in range(0, len(order), window)]).astype(np.int64)
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if bucket > 1:
+        batches = [batches[i] for i in generator.permutation(len(batches))]
+    return batches
 
 
 def unfrozen(epoch: int, layers: int, gradual: bool) -> set[int]:

@@ -467,3 +467,23 @@ def test_unfreeze_needs_a_split_backbone(graft_home):
     with pytest.raises(InvalidParams, match="method unfreeze needs a text backbone split"):
         train_version(split()[0], unsplit, {"method": "unfreeze"}, active=None, cache=NoCache(), report=Reporter(),
                       promote_margin=0.01)
+
+
+def test_epoch_batches_bucket_large_sets_only():
+    """Large sets: every example once, less padding than plain random batches; small sets:
+    plain random batches, the same as without bucketing."""
+    from adapters.deep import BUCKET_MIN_EXAMPLES, _epoch_batches
+
+    lengths = list(np.random.default_rng(1).integers(3, 80, BUCKET_MIN_EXAMPLES + 24))
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain = _epoch_batches(np.random.default_rng(0), lengths, 16, 1)
+    bucketed = _epoch_batches(np.random.default_rng(0), lengths, 16, 8)
+    assert sorted(np.concatenate(bucketed).tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= 16 for b in bucketed) and padded(bucketed) < 0.8 * padded(plain)
+    small = lengths[:200]
+    for a, b in zip(_epoch_batches(np.random.default_rng(0), small, 16, 8),
+                    _epoch_batches(np.random.default_rng(0), small, 16, 1)):
+        assert np.array_equal(a, b)
