@@ -70,7 +70,9 @@ class Outcome:
 
 def train_version(examples: list[dict[str, str]], backbone: Backbone, params: dict[str, Any], *,
                   active: Adapter | None, cache: EmbeddingCache, report: Reporter,
-                  promote_margin: float, job_id: str = "") -> Outcome:
+                  promote_margin: float, job_id: str = "", max_unfreeze_bytes: int | None = None) -> Outcome:
+    """`max_unfreeze_bytes`: the largest unfreeze adapter allowed (GRAFT_MAX_UNFREEZE_BYTES; the
+    API checks it at submit, the worker again, in case its settings differ)."""
     # Training knobs only: the job's other params (keep_examples) are the queue's business.
     settings = {k: v for k, v in params.items() if v is not None and k in TRAIN_FIELDS}
     p = TrainParams(**{"standardize": backbone.kind == "image", **settings})
@@ -123,7 +125,8 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     if deep:
         return _train_deep(backbone, params, keys, y, labels, train_idx, val_idx, baselines, active,
                            init if p.continual else None, cache=cache,
-                           report=report, promote_margin=promote_margin, job_id=job_id)
+                           report=report, promote_margin=promote_margin, job_id=job_id,
+                           max_unfreeze_bytes=max_unfreeze_bytes)
 
     def on_epoch(r: EpochReport) -> bool:
         report.progress(0.2 + 0.75 * r.epoch / p.epochs)
@@ -193,7 +196,7 @@ def _loop_params(params: dict[str, Any]) -> dict[str, Any]:
 def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.ndarray, labels: list[str],
                 train_idx: np.ndarray, val_idx: np.ndarray, baselines: dict[str, Any], active: Adapter | None,
                 head_init: dict[str, np.ndarray] | None, *, cache: HiddenStateCache,
-                report: Reporter, promote_margin: float, job_id: str) -> Outcome:
+                report: Reporter, promote_margin: float, job_id: str, max_unfreeze_bytes: int | None) -> Outcome:
     """LoRA on the top layers, or the top layers unfrozen: hidden states from the serving
     lower graph, the layers' weights (LoRA factors, or all of them) and a head trained in
     torch (adapters/deep.py), evaluated through the serving upper graph (upper_weights for
@@ -204,7 +207,7 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
     if backbone.kind != "text" or shape is None:
         raise InvalidParams(f"method {method} needs a text backbone split for deep adapters; {backbone.id!r} is "
                             "not (GRAFT_SPLIT_LAYERS > 0, text backbones)")
-    p: DeepParams = lora_params(params, shape) if method == "lora" else unfreeze_params(params, shape)
+    p: DeepParams = lora_params(params, shape) if method == "lora" else unfreeze_params(params, shape, max_unfreeze_bytes)
     hidden, counts = hidden_cached(backbone, keys, cache, report)
     report.progress(0.2)
     report.event("hidden_states", {"examples": len(keys), **counts, "split": shape.split, "layers": p.layers})

@@ -118,6 +118,7 @@ class Worker:
                 claim.examples, backbone, job.params, active=self._active(job.tenant, job.adapter, backbone),
                 cache=self.queue.embedding_cache(job.tenant), report=beat,
                 promote_margin=self.settings.promote_margin, job_id=job.id,
+                max_unfreeze_bytes=self.settings.max_unfreeze_bytes,
             )
         except InvalidExample as e:
             raise TrainingError("invalid_example", str(e)) from e

@@ -487,3 +487,15 @@ def test_epoch_batches_bucket_large_sets_only():
     for a, b in zip(_epoch_batches(np.random.default_rng(0), small, 16, 8),
                     _epoch_batches(np.random.default_rng(0), small, 16, 1)):
         assert np.array_equal(a, b)
+
+
+def test_the_worker_refuses_an_unfreeze_job_over_its_byte_limit(split_backbone):
+    """The API refuses it at submit; a worker whose GRAFT_MAX_UNFREEZE_BYTES is lower than the
+    API's refuses it again, before computing anything."""
+    from adapters.pipeline import InvalidParams, train_version
+    from tests.integration.data import split
+
+    train, _ = split()
+    with pytest.raises(InvalidParams, match="GRAFT_MAX_UNFREEZE_BYTES"):
+        train_version(train, split_backbone, {"method": "unfreeze"}, active=None, cache=NoCache(),
+                      report=Reporter(), promote_margin=0.01, max_unfreeze_bytes=1024 * 1024)
