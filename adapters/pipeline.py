@@ -9,15 +9,18 @@ the head with early stopping -> evaluate -> negative-transfer guard decides prom
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
 
-from adapters import zero_shot
+from adapters import calibration, zero_shot
+from adapters import card as cards
 from adapters.evaluation import evaluate, stratified_split
 from adapters.format import Adapter, AdapterConfig, deep_tensors, encode
-from adapters.deep import DeepParams, LoraParams, UnfreezeParams, train_lora, train_unfreeze
+from adapters.deep import IMAGE_UNFREEZE_DEFAULTS, DeepParams, LoraParams, UnfreezeParams, train_lora, train_unfreeze
+from adapters.lexical import LEXICAL_METHODS, LexicalParams, train_lexical
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone
 from models.split import TARGET_NAMES
@@ -72,7 +75,13 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
                   active: Adapter | None, cache: EmbeddingCache, report: Reporter,
                   promote_margin: float, job_id: str = "", max_unfreeze_bytes: int | None = None) -> Outcome:
     """`max_unfreeze_bytes`: the largest unfreeze adapter allowed (GRAFT_MAX_UNFREEZE_BYTES; the
-    API checks it at submit, the worker again, in case its settings differ)."""
+    API checks it at submit, the worker again, in case its settings differ).
+    No method (or "auto"): adapters/auto.py tries the candidates and keeps the winner."""
+    if params.get("method") in (None, "auto"):
+        from adapters.auto import train_auto
+
+        return train_auto(examples, backbone, params, active=active, cache=cache, report=report,
+                          promote_margin=promote_margin, job_id=job_id, max_unfreeze_bytes=max_unfreeze_bytes)
     # Training knobs only: the job's other params (keep_examples) are the queue's business.
     settings = {k: v for k, v in params.items() if v is not None and k in TRAIN_FIELDS}
     p = TrainParams(**{"standardize": backbone.kind == "image", **settings})
@@ -81,20 +90,25 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     names = [e["label"] for e in examples]
     labels = sorted(set(names))
     y = np.array([labels.index(n) for n in names])
+    data = cards.data_summary(examples, labels)
     report.event("validation", {"examples": len(keys), "classes": len(labels),
-                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)}})
+                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
+                                "duplicates": data["duplicates"], "label_conflicts": data["label_conflicts"]["items"]})
     where: dict[str, str] = {}  # each item's first example, to name it in errors
     for i, (k, e) in enumerate(zip(keys, examples)):
         where.setdefault(k, e.get("at", f"examples[{i}]"))
     train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
     report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
     deep = params.get("method") in DEEP_METHODS
-    # Deep methods train on hidden states: only the validation rows need vectors (for the baselines).
-    needed = val_idx if deep else np.arange(len(keys))
+    if params.get("method") in LEXICAL_METHODS and backbone.kind != "text":
+        raise InvalidParams(f"method {params['method']} reads texts; {backbone.id!r} is an image backbone")
+    # Deep methods train on hidden states, lexical on the texts alone: only the validation
+    # rows need vectors (for the baselines).
+    needed = val_idx if deep or params.get("method") == "lexical" else np.arange(len(keys))
     x = np.zeros((len(keys), backbone.dim), dtype=np.float32)
     x[needed] = embed_cached(backbone, [keys[i] for i in needed], cache, report, where)
     x_train, y_train = x[train_idx], y[train_idx]
-    if p.augment and backbone.kind == "image":
+    if p.augment and backbone.kind == "image" and not deep:  # deep: augmented feature maps (_train_deep)
         x_aug, y_aug = augmented(backbone, [keys[i] for i in train_idx], y_train, p, report)
         x_train, y_train = np.concatenate([x_train, x_aug]), np.concatenate([y_train, y_aug])
         report.event("augmentation", {"copies": p.augment, "train": len(y_train)})
@@ -114,21 +128,36 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     if active is not None:
         index = {label: i for i, label in enumerate(labels)}
         active_x = x_val if active.deep is None else backbone.embed_deep(  # type: ignore[attr-defined]
-            [keys[i] for i in val_idx], [active.deep] * len(val_idx)).vectors
-        active_pred = active.predict_proba(active_x).argmax(1)
+            _items(backbone, [keys[i] for i in val_idx], where), [active.deep] * len(val_idx)).vectors
+        active_pred = active.predict_proba(active_x, [keys[i] for i in val_idx] if active.needs_text else None).argmax(1)
         baselines["active"] = evaluate(y_val, np.array([index.get(active.labels[q], -1) for q in active_pred]), labels)
         baselines["active"]["version"] = active.version
+    # Label changes are never silent: said here, in the evaluation, and a dropped label
+    # blocks the promotion unless params.allow_dropped_labels (decide).
+    changes = cards.label_changes(labels, active.labels if active else None, active.version if active else None)
+    if changes and (changes["added"] or changes["dropped"]):
+        report.event("labels_changed", changes)
+    conclude = Conclusion(data=data, changes=changes, baselines=baselines, params=params, labels=labels,
+                          y_val=y[val_idx], groups=[examples[i].get("group") for i in val_idx],
+                          licence=getattr(backbone, "licence", "unknown"), report=report,
+                          promote_margin=promote_margin)
     init = None
-    if p.continual and active is not None:
+    if p.continual and active is not None and not active.needs_text:  # a lexical head reads no vector
         init = continual_init("linear" if deep else p.head, labels, active.labels, active.config.head,
                               active.tensors, zs_tensors["weight"])
     if deep:
         return _train_deep(backbone, params, keys, y, labels, train_idx, val_idx, baselines, active,
                            init if p.continual else None, cache=cache,
                            report=report, promote_margin=promote_margin, job_id=job_id,
-                           max_unfreeze_bytes=max_unfreeze_bytes)
+                           max_unfreeze_bytes=max_unfreeze_bytes, conclude=conclude, where=where)
+    if params.get("method") in LEXICAL_METHODS:
+        return _train_lexical(backbone, params, keys, x, y, labels, train_idx, val_idx, active,
+                              report=report, job_id=job_id, conclude=conclude)
+
+    started = time.perf_counter()
 
     def on_epoch(r: EpochReport) -> bool:
+        conclude.epoch(r)
         report.progress(0.2 + 0.75 * r.epoch / p.epochs)
         report.event("epoch", {"epoch": r.epoch, "train_loss": round(r.train_loss, 5),
                                "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
@@ -138,13 +167,14 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     if trained.stopped_early:
         report.event("early_stop", {"epoch": trained.epochs_run, "best_epoch": trained.best_epoch,
                                     "patience": p.patience})
-    metrics = {**trained.val_metrics, "baselines": {k: _summary(v) for k, v in baselines.items()}}
-    report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
-                                "baselines": metrics["baselines"]})
-    promote, reason = decide(metrics, baselines.get("active"), promote_margin)
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head=p.head, labels=labels),
+                    trained.tensors)
+    metrics, temperature, card, promote, reason = conclude.finish(
+        trained.val_metrics, probe.logits(x_val),
+        {"method": "head", "head": p.head, "seconds": time.perf_counter() - started})
     config = AdapterConfig(
         backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head=p.head,
-        labels=labels, metrics=metrics,
+        labels=labels, metrics=metrics, temperature=temperature, card=card,
         training={"method": "fine-tune", "job_id": job_id, "params": p.as_dict(),
                   "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
                   "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
@@ -152,6 +182,39 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
         parent_version=active.version if active else None,
     )
     config, weights = encode(config, trained.tensors)
+    return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
+
+
+def _train_lexical(backbone: Any, params: dict[str, Any], keys: list[str], x: np.ndarray, y: np.ndarray,
+                   labels: list[str], train_idx: np.ndarray, val_idx: np.ndarray, active: Adapter | None, *,
+                   report: Reporter, job_id: str, conclude: "Conclusion") -> Outcome:
+    """Lexical or hybrid (adapters/lexical.py): TF-IDF n-grams (hybrid: and the vectors) and a
+    logistic regression fitted on the training split from scratch, evaluated as it will serve
+    (the version's tensors rebuilt into an Adapter), then the end every method shares."""
+    method, started = params["method"], time.perf_counter()
+    if report.cancelled():
+        raise Cancelled()
+    trained = train_lexical(method, [keys[i] for i in train_idx], y[train_idx], labels,
+                            LexicalParams(seed=int(params.get("seed") or 0)),
+                            embeddings=x[train_idx] if method == "hybrid" else None, report=report.event)
+    report.progress(0.9)
+    if report.cancelled():
+        raise Cancelled()
+    tensors = trained.model.tensors()
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels,
+                                  method=method, lexical=trained.settings), tensors)
+    logits = probe.logits(x[val_idx], [keys[i] for i in val_idx])
+    metrics, temperature, card, promote, reason = conclude.finish(
+        evaluate(y[val_idx], logits.argmax(1), labels), logits,
+        {"method": method, "head": "linear", "seconds": time.perf_counter() - started})
+    config = AdapterConfig(
+        backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head="linear", labels=labels,
+        metrics=metrics, method=method, lexical=trained.settings, temperature=temperature, card=card,
+        training={"method": method, "job_id": job_id, "examples": len(keys), "train": len(train_idx),
+                  "validation": len(val_idx), **trained.summary},
+        parent_version=active.version if active else None,
+    )
+    config, weights = encode(config, tensors)
     return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
 
 
@@ -172,19 +235,22 @@ def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
 def unfreeze_params(params: dict[str, Any], shape: Any, max_bytes: int | None = None) -> UnfreezeParams:
     """The unfreeze recipe from a job's params, the unset ones at their defaults; InvalidParams
     when they do not fit this backbone, or its layers' weights would exceed `max_bytes`."""
-    offered = shape.layers - shape.split
+    offered, unit = shape.layers - shape.split, shape.unit  # text: layers; image: blocks (and the head conv)
     layers = params.get("unfreeze_layers") or offered
     if layers > offered:
-        raise InvalidParams(f"unfreeze_layers {layers}: this backbone unfreezes at most its top {offered} layers "
-                            "(GRAFT_SPLIT_LAYERS)")
-    size, mib = layers * shape.layer_bytes, 1024 * 1024
+        raise InvalidParams(f"unfreeze_layers {layers}: this backbone unfreezes at most its top {offered} {unit}s "
+                            f"({shape.setting})")
+    size, mib = shape.unfreeze_bytes(layers), 1024 * 1024
     if max_bytes is not None and size > max_bytes:
-        fits = max_bytes // shape.layer_bytes
+        fits = max([k for k in range(1, offered + 1) if shape.unfreeze_bytes(k) <= max_bytes], default=0)
         raise InvalidParams(
-            f"unfreeze_layers {layers}: the adapter would carry {size / mib:.1f} MiB of layer weights "
-            f"({shape.layer_bytes / mib:.1f} MiB a layer), over GRAFT_MAX_UNFREEZE_BYTES ({max_bytes / mib:.1f} MiB): "
-            + (f"unfreeze at most {fits} layers" if fits else "use method lora") + ", or raise the setting")
-    return UnfreezeParams(layers=layers, **_loop_params(params))
+            f"unfreeze_layers {layers}: the adapter would carry {size / mib:.1f} MiB of {unit} weights "
+            f"({shape.bytes_note()}), over GRAFT_MAX_UNFREEZE_BYTES ({max_bytes / mib:.1f} MiB): "
+            + (f"unfreeze at most {fits} {unit}s" if fits else "use method " + ("lora" if unit == "layer" else "head"))
+            + ", or raise the setting")
+    image = unit == "block"  # its own defaults (adapters/deep.py), its probe trained as image heads are
+    return UnfreezeParams(layers=layers, probe_standardize=image,
+                          **{**(IMAGE_UNFREEZE_DEFAULTS if image else {}), **_loop_params(params)})
 
 
 def _loop_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -196,23 +262,29 @@ def _loop_params(params: dict[str, Any]) -> dict[str, Any]:
 def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.ndarray, labels: list[str],
                 train_idx: np.ndarray, val_idx: np.ndarray, baselines: dict[str, Any], active: Adapter | None,
                 head_init: dict[str, np.ndarray] | None, *, cache: HiddenStateCache,
-                report: Reporter, promote_margin: float, job_id: str, max_unfreeze_bytes: int | None) -> Outcome:
+                report: Reporter, promote_margin: float, job_id: str, max_unfreeze_bytes: int | None,
+                conclude: "Conclusion", where: dict[str, str] | None = None) -> Outcome:
     """LoRA on the top layers, or the top layers unfrozen: hidden states from the serving
     lower graph, the layers' weights (LoRA factors, or all of them) and a head trained in
     torch (adapters/deep.py), evaluated through the serving upper graph (upper_weights for
     unfreeze). Continual (`head_init` given): from the active version's head, and from its
-    factors or layers too when it is a version of the same method and recipe."""
+    factors or layers too when it is a version of the same method and recipe. Image backbones
+    take method unfreeze only: their "hidden states" are the lower graph's feature maps, and
+    `augment` adds that many augmented copies of each training image's (computed, not cached)."""
     method = params["method"]
     shape = backbone.split_shape
-    if backbone.kind != "text" or shape is None:
+    if shape is None or (backbone.kind == "image" and method == "lora"):
         raise InvalidParams(f"method {method} needs a text backbone split for deep adapters; {backbone.id!r} is "
-                            "not (GRAFT_SPLIT_LAYERS > 0, text backbones)")
+                            + ("an image backbone: use method head or unfreeze" if shape is not None else
+                               "not (GRAFT_SPLIT_LAYERS > 0 for text, GRAFT_IMAGE_SPLIT_BLOCKS > 0 for images)"))
     p: DeepParams = lora_params(params, shape) if method == "lora" else unfreeze_params(params, shape, max_unfreeze_bytes)
-    hidden, counts = hidden_cached(backbone, keys, cache, report)
+    hidden, counts = hidden_cached(backbone, keys, cache, report, where=where)
     report.progress(0.2)
     report.event("hidden_states", {"examples": len(keys), **counts, "split": shape.split, "layers": p.layers})
+    started = time.perf_counter()
 
     def on_epoch(r: EpochReport) -> bool:
+        conclude.epoch(r)
         report.progress(0.2 + 0.75 * r.epoch / p.epochs)
         report.event("epoch", {"epoch": r.epoch, "train_loss": round(r.train_loss, 5),
                                "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
@@ -223,8 +295,7 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
                                   "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
         same = ("rank", "layers", "split")
     else:
-        recipe = {"layers": p.layers, "split": shape.split, "backbone_layers": shape.layers, "hidden": shape.hidden,
-                  "intermediate": shape.intermediate}
+        recipe = shape.unfreeze_recipe(p.layers)
         same = ("layers", "split")
     active_recipe = (active.config.lora or active.config.unfreeze) if active is not None else None
     weights_init = None
@@ -232,26 +303,34 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
             active_recipe.get(k) == recipe[k] for k in same):
         weights_init = active.deep
     hidden_train, hidden_val = [hidden[i] for i in train_idx], [hidden[i] for i in val_idx]
+    y_train = y[train_idx]
+    augment = int(params.get("augment") or 0)
+    if augment and backbone.kind == "image":
+        extra, y_extra = augmented(backbone, [keys[i] for i in train_idx], y_train, TrainParams(
+            augment=augment, seed=p.seed), report, embed=lambda px: list(backbone.hidden_states(px)))
+        hidden_train, y_train = hidden_train + list(extra), np.concatenate([y_train, y_extra])
+        report.event("augmentation", {"copies": augment, "train": len(y_train)})
     if isinstance(p, LoraParams):
-        trained = train_lora(backbone.upper_module(), shape, hidden_train, y[train_idx], hidden_val, y[val_idx],
+        trained = train_lora(backbone.upper_module(), shape, hidden_train, y_train, hidden_val, y[val_idx],
                              labels, p, on_epoch=on_epoch, head_init=head_init, factors_init=weights_init)
     else:
-        trained = train_unfreeze(backbone.upper_module(), shape, hidden_train, y[train_idx], hidden_val, y[val_idx],
+        trained = train_unfreeze(backbone.upper_module(), shape, hidden_train, y_train, hidden_val, y[val_idx],
                                  labels, p, on_epoch=on_epoch, head_init=head_init, weights_init=weights_init)
     # Evaluated as it will serve: the ORT upper graph with these weights, then the head.
-    served = backbone.embed_deep([keys[i] for i in val_idx], [trained.weights] * len(val_idx)).vectors
+    served = backbone.embed_deep(_items(backbone, [keys[i] for i in val_idx], where),
+                                 [trained.weights] * len(val_idx)).vectors
     tensors = {**trained.head, **deep_tensors(trained.weights)}
     probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels),
                     trained.head)
-    metrics = {**evaluate(y[val_idx], probe.predict_proba(served).argmax(1), labels),
-               "baselines": {k: _summary(v) for k, v in baselines.items()}}
-    report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
-                                "baselines": metrics["baselines"]})
-    promote, reason = decide(metrics, baselines.get("active"), promote_margin)
+    logits = probe.logits(served)
+    metrics, temperature, card, promote, reason = conclude.finish(
+        evaluate(y[val_idx], logits.argmax(1), labels), logits,
+        {"method": method, "head": "linear", "seconds": time.perf_counter() - started})
     lora = method == "lora"
     config = AdapterConfig(
         backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head="linear", labels=labels,
         metrics=metrics, method=method, lora=recipe if lora else None, unfreeze=None if lora else recipe,
+        temperature=temperature, card=card,
         training={"method": method, "job_id": job_id,
                   "params": {**asdict(p), **({"targets": recipe["targets"]} if lora else {})},
                   "examples": len(keys), "train": len(train_idx), "validation": len(val_idx),
@@ -268,11 +347,60 @@ class InvalidParams(ValueError):
     """The job's params do not fit its backbone (the API checks first; the worker again)."""
 
 
-def decide(metrics: dict[str, Any], active: dict[str, Any] | None, margin: float) -> tuple[bool, str]:
-    """Negative-transfer guard: beat what serves by the margin, or stay a candidate."""
+class Conclusion:
+    """The end every method shares once its head is trained: calibration on the validation
+    logits, the evaluation event, the promotion decision (label drops included) and what the
+    model card records (adapters/card.py). `epoch` collects the curves on the way."""
+
+    def __init__(self, *, data: dict[str, Any], changes: dict[str, Any] | None, baselines: dict[str, Any],
+                 params: dict[str, Any], labels: list[str], y_val: np.ndarray, groups: list[str | None],
+                 licence: str, report: Reporter, promote_margin: float) -> None:
+        self.data, self.changes, self.baselines, self.params = data, changes, baselines, params
+        self.labels, self.y_val, self.groups, self.licence = labels, y_val, groups, licence
+        self.report, self.promote_margin = report, promote_margin
+        self.curves: list[dict[str, Any]] = []
+
+    def epoch(self, r: EpochReport) -> None:
+        self.curves.append({"epoch": r.epoch, "train_loss": round(r.train_loss, 5), "val_loss": round(r.val_loss, 5),
+                            "val_macro_f1": round(r.val_macro_f1, 4)})
+
+    def finish(self, evaluation: dict[str, Any], val_logits: np.ndarray,
+               candidate: dict[str, Any]) -> tuple[dict[str, Any], float, dict[str, Any], bool, str]:
+        """(metrics, temperature, card record, promote, reason) for the trained version."""
+        temperature, calibrated = calibration.calibrate(val_logits, self.y_val)
+        metrics = {**evaluation, "baselines": {k: _summary(v) for k, v in self.baselines.items()},
+                   "calibration": calibrated}
+        if self.changes is not None:
+            metrics["label_changes"] = self.changes
+        self.report.event("calibration", {k: calibrated[k] for k in ("temperature", "ece_before", "ece_after")})
+        self.report.event("evaluation", {"macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+                                         "baselines": metrics["baselines"],
+                                         **({"label_changes": self.changes} if self.changes else {})})
+        promote, reason = decide(metrics, self.baselines.get("active"), self.promote_margin,
+                                 dropped=(self.changes or {}).get("dropped", []),
+                                 allow_dropped_labels=bool(self.params.get("allow_dropped_labels")))
+        chosen = {**candidate, "score": round(metrics["macro_f1"], 6), "metric": "validation macro-F1",
+                  "seconds": round(candidate["seconds"], 3), "chosen": True}
+        card = cards.record(
+            data=self.data, curves=self.curves,
+            groups=cards.group_metrics(self.y_val, val_logits.argmax(1), self.groups, self.labels),
+            candidates=[chosen], decision={"decision": "promote" if promote else "candidate", "reason": reason},
+            licence=self.licence)
+        return metrics, temperature, card, promote, reason
+
+
+def decide(metrics: dict[str, Any], active: dict[str, Any] | None, margin: float, *,
+           dropped: list[str] | tuple[str, ...] = (), allow_dropped_labels: bool = False) -> tuple[bool, str]:
+    """Negative-transfer guard: beat what serves by the margin, or stay a candidate. A version
+    that drops labels the active one serves stays a candidate unless `allow_dropped_labels`:
+    requests of those classes would silently get another label."""
     new = metrics["macro_f1"]
     if active is None:
         return True, "no active version: the first trained version serves"
+    if dropped and not allow_dropped_labels:
+        return False, (f"it drops the labels {list(dropped)} that the active version {active.get('version')} "
+                       "serves (their requests would get another label): kept as a candidate; fine-tune with "
+                       "params.allow_dropped_labels: true, or promote it with allow_dropped_labels: true")
     if new >= active["macro_f1"] + margin:
         return True, f"macro-F1 {new:.4f} beats the active version's {active['macro_f1']:.4f} by >= {margin}"
     return False, (f"macro-F1 {new:.4f} does not beat the active version's {active['macro_f1']:.4f} "
@@ -302,10 +430,11 @@ def embed_cached(backbone: Backbone, keys: list[str], cache: EmbeddingCache, rep
 
 
 def hidden_cached(backbone: Any, keys: list[str], cache: HiddenStateCache, report: Reporter,
-                  chunk: int = 256) -> tuple[list[np.ndarray], dict[str, int]]:
+                  chunk: int = 256, where: dict[str, str] | None = None) -> tuple[list[np.ndarray], dict[str, int]]:
     """The lower graph's hidden states of `keys` (TextBackbone.hidden_states: float16,
-    (tokens, hidden) each), from the cache under `backbone.hidden_key` where there, the rest
-    computed and stored; and how many distinct texts were `cached` and `computed`."""
+    (tokens, hidden) each; ImageBackbone.hidden_states of base64 images: (positions, channels)),
+    from the cache under `backbone.hidden_key` where there, the rest computed and stored; and
+    how many distinct texts or images were `cached` and `computed`."""
     key = backbone.hidden_key
     unique = list(dict.fromkeys(keys))
     cached = {t: np.frombuffer(b, dtype=np.float16).reshape(n, -1)
@@ -314,7 +443,7 @@ def hidden_cached(backbone: Any, keys: list[str], cache: HiddenStateCache, repor
     fresh: dict[str, np.ndarray] = {}
     for i in range(0, len(missing), chunk):
         part = missing[i : i + chunk]
-        fresh.update(zip(part, backbone.hidden_states(part)))
+        fresh.update(zip(part, backbone.hidden_states(_items(backbone, part, where))))
         report.progress(0.2 * (i + len(part)) / max(1, len(missing)))
         if report.cancelled():
             raise Cancelled()
@@ -323,6 +452,11 @@ def hidden_cached(backbone: Any, keys: list[str], cache: HiddenStateCache, repor
                                         for t, h in fresh.items()})
     states = {**cached, **fresh}
     return [states[k] for k in keys], {"cached": len(cached), "computed": len(fresh)}
+
+
+def _items(backbone: Any, keys: list[str], where: dict[str, str] | None) -> list[Any]:
+    """What the backbone's deep methods take for these keys: texts as they are, images decoded."""
+    return _prepared(backbone, keys, where or {}) if backbone.kind == "image" else keys
 
 
 class InvalidExample(ValueError):
@@ -337,14 +471,15 @@ def _prepared(backbone: Backbone, chunk: list[str], where: dict[str, str]) -> li
         try:
             ready.append(backbone.prepare(base64.b64decode(key)))
         except ItemError as e:
-            raise InvalidExample(f"{where[key]}: {e}") from None
+            raise InvalidExample(f"{where.get(key, 'an image')}: {e}") from None
     return ready
 
 
 def augmented(backbone: Backbone, images: list[str], y: np.ndarray, p: TrainParams,
-              report: Reporter) -> tuple[np.ndarray, np.ndarray]:
+              report: Reporter, embed: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """`p.augment` random variants of each training image, embedded (never cached: they
-    differ per seed). Validation images are never augmented."""
+    differ per seed), or what `embed(pixels)` makes of them (method unfreeze: the lower
+    graph's feature maps). Validation images are never augmented."""
     from models.image import augment
 
     rng = np.random.default_rng(p.seed)
@@ -352,7 +487,7 @@ def augmented(backbone: Backbone, images: list[str], y: np.ndarray, p: TrainPara
     for i in range(0, len(images), 16):
         chunk = [backbone.prepare(base64.b64decode(k)) for k in images[i : i + 16]]
         variants = [augment(px, rng) for px in chunk for _ in range(p.augment)]
-        vectors.append(backbone.embed(variants).vectors)
+        vectors.append(np.asarray(embed(variants)) if embed else backbone.embed(variants).vectors)
         if report.cancelled():
             raise Cancelled()
     return np.concatenate(vectors), np.repeat(y, p.augment)

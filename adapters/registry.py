@@ -35,6 +35,14 @@ class ConflictError(RuntimeError):
     """The change does not fit the current state (exists already, nothing to roll back)."""
 
 
+class LabelsDropped(ConflictError):
+    """A promote that would stop serving labels the active version serves, not allowed."""
+
+    def __init__(self, message: str, *, version: int, active_version: int, dropped: list[str]) -> None:
+        super().__init__(message)
+        self.details = {"version": version, "active_version": active_version, "dropped": dropped}
+
+
 class QuotaExceeded(RuntimeError):
     """A per-tenant limit (adapters, jobs) is reached."""
 
@@ -229,14 +237,31 @@ class Registry:
             return Published(version, True, None)
         return Published(version, False, row.active_version if changed else None)
 
-    def promote(self, tenant: str, adapter: str, version: int) -> int:
+    def promote(self, tenant: str, adapter: str, version: int, *, allow_dropped_labels: bool = False) -> int:
+        """Make `version` active. A version that lacks labels the active one serves is refused
+        (LabelsDropped, naming them) unless `allow_dropped_labels`: their requests would
+        silently get another label. Checked under the writers' lock, against what serves now."""
         with self.session.begin() as s:
             seq = self.bump(s)
             row = self._adapter(s, tenant, adapter)
-            if s.get(VersionRow, (tenant, adapter, version)) is None:
+            target = s.get(VersionRow, (tenant, adapter, version))
+            if target is None:
                 raise NotFoundError(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
             if row.active_version == version:
                 return version
+            if row.active_version is not None and not allow_dropped_labels:
+                current = s.scalar(select(VersionRow.config).where(  # the config only, not the weights
+                    VersionRow.tenant_id == tenant, VersionRow.adapter == adapter,
+                    VersionRow.version == row.active_version))
+                if current is not None:
+                    kept = set(AdapterConfig.from_json(target.config).labels)
+                    dropped = [label for label in AdapterConfig.from_json(current).labels if label not in kept]
+                    if dropped:
+                        raise LabelsDropped(
+                            f"version {version} of adapter {adapter!r} drops the labels {dropped} that the active "
+                            f"version {row.active_version} serves: their requests would get another label. Send "
+                            '"allow_dropped_labels": true to promote it anyway',
+                            version=version, active_version=row.active_version, dropped=dropped)
             self._activate(s, row, version, seq)
             return version
 

@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(adapters, "promote", cmd_promote, "make a version the one that serves")
     adapter(p)
     p.add_argument("version", type=int)
+    p.add_argument("--allow-dropped-labels", action="store_true",
+                   help="promote even if the version drops labels the active version serves")
     p = command(adapters, "rollback", cmd_rollback, "serve the version before the active one again")
     adapter(p)
     p = command(adapters, "delete", cmd_adapter_delete, "delete an adapter and its versions (stops its jobs)")
@@ -166,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or zip (one folder of images per label)")
     adapter(p)
     p.add_argument("--backbone", help="backbone id (default: the server's)")
-    p.add_argument("--method", choices=["head", "lora", "unfreeze"], help="head (default), lora or unfreeze")
+    p.add_argument("--method", choices=["auto", "head", "lexical", "hybrid", "lora", "unfreeze"],
+                   help="auto (default: the server tries the candidates and keeps the best), head, lexical, hybrid, "
+                        "lora or unfreeze")
     p.add_argument("--head", choices=["linear", "mlp"], help="the head's kind")
     p.add_argument("--epochs", type=int, help="at most this many epochs")
     p.add_argument("--params", metavar="JSON", help='more params as JSON, e.g. \'{"lr": 0.005, "seed": 1}\'')
@@ -384,7 +388,7 @@ def cmd_versions(client: Client, args: argparse.Namespace, out: Output) -> None:
 
 
 def cmd_promote(client: Client, args: argparse.Namespace, out: Output) -> None:
-    active = client.promote(args.tenant, args.adapter, args.version)
+    active = client.promote(args.tenant, args.adapter, args.version, allow_dropped_labels=args.allow_dropped_labels)
     out.result(active, lambda a: out.say(f"{a['tenant']}/{a['adapter']}: version {a['active_version']} serves"))
 
 
@@ -495,7 +499,15 @@ def describe(ev: dict[str, Any]) -> str:
         per = ", ".join(f"{k}: {v}" for k, v in (ev.get("per_class") or {}).items())
         return f"{ev.get('examples')} examples, {ev.get('classes')} classes ({per})"
     if kind == "split":
-        return f"split: {ev.get('train')} to train, {ev.get('validation')} to validate (seed {ev.get('seed')})"
+        test = f", {ev['test']} to test" if ev.get("test") else ""
+        return f"split: {ev.get('train')} to train, {ev.get('validation')} to validate{test} (seed {ev.get('seed')})"
+    if kind == "candidate":
+        return (f"candidate {ev.get('candidate')}: validation macro-F1 {_f(ev.get('validation_macro_f1'))} "
+                f"in {_f(ev.get('seconds'), 1)} s")
+    if kind == "candidate_skipped":
+        return f"candidate {ev.get('candidate')} skipped: {ev.get('reason')}"
+    if kind == "chosen":
+        return f"chosen: {ev.get('candidate')} ({ev.get('reason')})"
     if kind == "early_stop":
         return f"early stop at epoch {ev.get('epoch')}: best epoch {ev.get('best_epoch')} (patience {ev.get('patience')})"
     if kind == "evaluation":
@@ -601,8 +613,9 @@ def render_outcome(job: dict[str, Any], promotion: dict[str, Any] | None, out: O
         out.say(f"version {job['version']} promoted: it serves {ref}{reason}")
     else:
         out.say(f"version {job['version']} kept as a candidate{reason}")
+        dropped = ((job.get("metrics") or {}).get("label_changes") or {}).get("dropped")
         out.say(f"promote it with: graft adapters promote --tenant {job['tenant']} --adapter {job['adapter']} "
-                f"{job['version']}")
+                f"{job['version']}" + (" --allow-dropped-labels" if dropped else ""))
 
 
 def cmd_job_show(client: Client, args: argparse.Namespace, out: Output) -> None:

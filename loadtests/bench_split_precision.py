@@ -9,12 +9,15 @@ Candidates, each at several rows per lower call:
   scale per call: rows affect each other unless each row is its own call);
 - static int8 (calibrated scales) after SmoothQuant;
 - per-token dynamic int8 after SmoothQuant: one activation scale per token, as plain ONNX
-  (Abs, ReduceMax, Round, MatMulInteger; ORT has no fused per-row quantiser): what serves
-  where the split gate allows (models/int8.py choose_split; the upper graph too);
+  (Abs, ReduceMax, Round, MatMulInteger; ORT has no fused per-row quantiser): the upper
+  graph of every split recipe (models/int8.py choose_split), and the lower graph of the
+  per-token recipes;
 - ONNX Runtime's MatMulNBits, 8-bit weights in blocks of 32 with int8 compute
   (accuracy_level 4: activations quantised per row and block).
 The upper graph (fp32, zero LoRA) runs 16 rows per call after every candidate; speed is
-sentences/s of lower + upper over 256 length-sorted reviews, the best of three passes."""
+sentences/s of lower + upper over 256 length-sorted reviews, the best of three passes.
+Last, the split recipes as served (lower and upper int8, LoRA rows) against head-only rows on
+the whole graph, request by request in turn."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +50,7 @@ def nbits_int8(src: Path, dst: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--served-only", action="store_true", help="only the served split recipes vs head-only rows")
     args = parser.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -98,66 +102,87 @@ def main() -> None:
              "row alone vs in batch (max abs) | sentences/s | × fp32 (16 rows) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     base = None
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        fused = t / "fused.onnx"
-        _optimize(spec, lower_fp32, fused, use_gpu=False)
-        smoothed = t / "smooth.onnx"
-        smooth_quant(lower_fp32, smoothed, feeds, 0.7)
-        variants: list[tuple[str, Path, tuple[int, ...]]] = [
-            ("fp32", lower_fp32, (16, 1, 64)), ("fp32, ORT transformer fusions", fused, (16, 64))]
-        if recipe:
-            _quantize_text(spec, fused, t / "dynamic.onnx", RECIPES[recipe])
-            variants.append((f"dynamic int8 ({recipe}, the whole graph's recipe here), fused", t / "dynamic.onnx",
-                             (1, 16)))
-        quantize_static(str(smoothed), str(t / "static.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["MatMul"])
-        variants.append(("static int8 (u8 activations, int8 weights) + SmoothQuant α 0.7", t / "static.onnx",
-                         (16, 64)))
-        split_recipe = candidates("split", cpu)[0]
-        _quantize_split(spec, shape, lower_fp32, t / "per-token.onnx", RECIPES[split_recipe], lower_fp32)
-        variants.append((f"per-token dynamic int8 + SmoothQuant α 0.7 ({split_recipe}: what serves)",
-                         t / "per-token.onnx", (16, 64)))
-        nbits_int8(lower_fp32, t / "nbits.onnx")
-        variants.append(("MatMulNBits, 8-bit weights in blocks of 32, int8 compute", t / "nbits.onnx", (16, 64)))
-        for label, path, batches in variants:
-            opts = ort.SessionOptions()
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            for rows in batches:
-                got_reviews, got_short = vectors(session, reviews, rows), vectors(session, SHORT, rows)
-                alone = vectors(session, reviews[::16], 1)
-                independent = float(np.abs(alone - got_reviews[::16]).max()) if rows > 1 else 0.0
-                passes = []
-                for _ in range(3):
-                    started = time.perf_counter()
-                    vectors(session, reviews, rows)
-                    passes.append(time.perf_counter() - started)
-                speed = len(reviews) / min(passes)
-                if base is None:
-                    base = speed
-                lines.append(f"| {label} | {rows} | {(got_reviews * reference_reviews).sum(1).min():.4f} | "
-                             f"{(got_short * reference_short).sum(1).min():.4f} | "
-                             f"{'(alone)' if rows == 1 else f'{independent:.1e}'} | {speed:.0f} | {speed / base:.2f} |")
-                print(lines[-1], flush=True)
-    # As served: the split graphs the gate chose (upper too), and head-only rows on the whole graph.
+    if not args.served_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            fused = t / "fused.onnx"
+            _optimize(spec, lower_fp32, fused, use_gpu=False)
+            smoothed = t / "smooth.onnx"
+            smooth_quant(lower_fp32, smoothed, feeds, 0.7)
+            variants: list[tuple[str, Path, tuple[int, ...]]] = [
+                ("fp32", lower_fp32, (16, 1, 64)), ("fp32, ORT transformer fusions", fused, (16, 64))]
+            if recipe:
+                _quantize_text(spec, fused, t / "dynamic.onnx", RECIPES[recipe])
+                variants.append((f"dynamic int8 ({recipe}, the whole graph's recipe here), fused", t / "dynamic.onnx",
+                                 (1, 16)))
+            quantize_static(str(smoothed), str(t / "static.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["MatMul"])
+            variants.append(("static int8 (u8 activations, int8 weights) + SmoothQuant α 0.7", t / "static.onnx",
+                             (16, 64)))
+            per_token = candidates("split", cpu)[0]
+            _quantize_split(spec, shape, lower_fp32, t / "per-token.onnx", RECIPES[per_token], lower_fp32)
+            variants.append((f"per-token dynamic int8 + SmoothQuant α 0.7 ({per_token}'s lower graph)",
+                             t / "per-token.onnx", (16, 64)))
+            nbits_int8(lower_fp32, t / "nbits.onnx")
+            variants.append(("MatMulNBits, 8-bit weights in blocks of 32, int8 compute", t / "nbits.onnx", (16, 64)))
+            for label, path, batches in variants:
+                opts = ort.SessionOptions()
+                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                for rows in batches:
+                    got_reviews, got_short = vectors(session, reviews, rows), vectors(session, SHORT, rows)
+                    alone = vectors(session, reviews[::16], 1)
+                    independent = float(np.abs(alone - got_reviews[::16]).max()) if rows > 1 else 0.0
+                    passes = []
+                    for _ in range(3):
+                        started = time.perf_counter()
+                        vectors(session, reviews, rows)
+                        passes.append(time.perf_counter() - started)
+                    speed = len(reviews) / min(passes)
+                    if base is None:
+                        base = speed
+                    lines.append(f"| {label} | {rows} | {(got_reviews * reference_reviews).sum(1).min():.4f} | "
+                                 f"{(got_short * reference_short).sum(1).min():.4f} | "
+                                 f"{'(alone)' if rows == 1 else f'{independent:.1e}'} | {speed:.0f} | {speed / base:.2f} |")
+                    print(lines[-1], flush=True)
+    # As served: each split recipe this CPU offers (lower and upper graphs, 16 LoRA rows of
+    # one adapter per request, as embed_deep serves them), and head-only rows on the whole graph,
+    # request by request in turn (the host drifts), the total time of each over 3 passes.
+    from models.int8 import split_recipe
+    from models.runtime import OrtRunner
+    from models.text import SplitRunner, TextBackbone
+    from tests.unit.test_deep import random_factors
+
     served = load_backbone("minilm-l6", home, split_layers=2)
-    for label, embed in ((f"served split graphs, lower and upper ({served.describe()['deep_adapters']['gate']})",
-                          lambda texts: served.embed_deep(texts, [None] * len(texts)).vectors),
-                         (f"head-only rows: the whole graph ({served.precision}, {served.max_rows} row per call)",
-                          lambda texts: served.embed(texts).vectors)):
-        got_reviews = np.concatenate([embed(reviews[i : i + UPPER_ROWS]) for i in range(0, len(reviews), UPPER_ROWS)])
-        got_short = embed(SHORT)
-        passes = []
-        for _ in range(3):
+    lora = random_factors(shape, 8, seed=1)
+    embeds = {}
+    for name in candidates("split", cpu):
+        low, up = split_recipe(spec, shape, home, name)
+        split = SplitRunner(shape, OrtRunner(low, "CPUExecutionProvider", "int8", spinning=False),
+                            OrtRunner(up, "CPUExecutionProvider", "int8", spinning=False))  # as loaded
+        backbone = TextBackbone(spec, served._runner, split)
+        embeds[f"split graphs {name}, 16 LoRA rows per request"] = (
+            lambda texts, b=backbone: b.embed_deep(texts, [None] * len(texts)).vectors,
+            lambda texts, b=backbone: b.embed_deep(texts, [lora] * len(texts)).vectors)
+    head = f"head-only rows: the whole graph ({served.precision}, {served.max_rows} row per call)"
+    embeds[head] = (lambda texts: served.embed(texts).vectors,) * 2
+    spent = dict.fromkeys(embeds, 0.0)
+    requests = [reviews[i : i + UPPER_ROWS] for i in range(0, len(reviews), UPPER_ROWS)]
+    for n, request in enumerate(requests * 3):
+        names = list(embeds)
+        for label in names[n % len(names):] + names[: n % len(names)]:
             started = time.perf_counter()
-            for i in range(0, len(reviews), UPPER_ROWS):
-                embed(reviews[i : i + UPPER_ROWS])
-            passes.append(time.perf_counter() - started)
-        speed = len(reviews) / min(passes)
+            embeds[label][1](request)
+            spent[label] += time.perf_counter() - started
+    for label, (plain, _) in embeds.items():
+        got_reviews = np.concatenate([plain(r) for r in requests])
+        speed = 3 * len(reviews) / spent[label]
         lines.append(f"| {label} | {UPPER_ROWS} | {(got_reviews * reference_reviews).sum(1).min():.4f} | "
-                     f"{(got_short * reference_short).sum(1).min():.4f} | | {speed:.0f} | {speed / base:.2f} |")
+                     f"{(plain(SHORT) * reference_short).sum(1).min():.4f} | | {speed:.0f} | {speed / base if base else float('nan'):.2f} "
+                     f"(× head-only {speed * spent[head] / (3 * len(reviews)):.2f}) |")
         print(lines[-1], flush=True)
+    if args.served_only:
+        return
     publish("\n".join(lines), args.out, BEGIN, END)
 
 

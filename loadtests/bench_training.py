@@ -36,7 +36,7 @@ def main() -> None:
             c.post("/v1/adapters", json={"tenant": "bench", "labels": ["fresh", "rotten"]})
             idle, idle_p50, e1 = asyncio.run(predict_load(server.url, texts, lambda r: "bench", args.seconds))
             job = c.post("/v1/finetune", json={"tenant": "bench", "adapter": "tuned", "examples": examples,
-                                               "params": {"epochs": 1000, "patience": 1000}}).json()
+                                               "params": {"method": "head", "epochs": 1000, "patience": 1000}}).json()
             while c.get(f"/v1/jobs/{job['job_id']}").json()["progress"] < 0.25:  # into the epochs
                 time.sleep(0.2)
             busy, busy_p50, e2 = asyncio.run(predict_load(server.url, texts, lambda r: "bench", args.seconds))

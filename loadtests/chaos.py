@@ -117,7 +117,7 @@ class Actors:
         examples = [{"text": t, "label": label} for t, label in TICKETS * 2]
         while not self.stop.is_set():
             r = self.call("POST", "/v1/finetune", key, json={"tenant": tenant, "adapter": "race", "examples": examples,
-                                                             "params": {"epochs": rng.choice([5, 30])}})
+                                                             "params": {"method": "head", "epochs": rng.choice([5, 30])}})
             if r is None or r.status_code != 202:
                 time.sleep(0.5)
                 continue

@@ -152,4 +152,4 @@ class FineTuneUser(FastHttpUser):
         examples = [{"text": t, "label": LABELS[i % len(LABELS)]} for i, t in enumerate(TEXTS)]
         tenant = pick_tenant()
         self.client.post("/v1/finetune", json={"tenant": tenant, "adapter": "tuned", "examples": examples,
-                                               "params": {"epochs": 20}}, headers=auth(tenant), name="POST /v1/finetune")
+                                               "params": {"method": "head", "epochs": 20}}, headers=auth(tenant), name="POST /v1/finetune")

@@ -43,7 +43,7 @@ def rehearse(database_url: str, home: Path, logs: Path, load_seconds: float = 6.
         key = one.post("/v1/tenants", json={"tenant": "rehearsal"}).json()["api_key"]
         t1, t2 = replicas[0].client(key), replicas[1].client(key)
         examples = [{"text": t, "label": label} for t, label in TICKETS * 2]
-        job = t1.post("/v1/finetune", json={"tenant": "rehearsal", "examples": examples, "params": {"epochs": 30}}).json()
+        job = t1.post("/v1/finetune", json={"tenant": "rehearsal", "examples": examples, "params": {"method": "head", "epochs": 30}}).json()
         while (state := t1.get(f"/v1/jobs/{job['job_id']}").json())["status"] in ("queued", "running"):
             time.sleep(0.05)
         assert state["status"] == "succeeded" and state["promoted"], state

@@ -41,6 +41,7 @@ class Backbone(ABC):
     precision: str  # "fp32", "int8" or "fp16": what is served
     int8: dict[str, Any] | None = None  # the int8 gate's verdict when int8 was asked for
     max_rows: int = 1  # rows per ONNX Runtime call (int8 text: 1, so no row's scale depends on another's)
+    licence: str = "unknown"  # the weights' licence (models/catalog.licence; load_backbone sets it)
 
     @abstractmethod
     def prepare(self, item: Any) -> Any:

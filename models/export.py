@@ -94,8 +94,9 @@ def ensure_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path
     (models/split.py), exporting them when missing."""
     from models.split import export_split
 
-    return _ensure_split_files(spec, shape, home, ("lower-{tag}.onnx", "upper-{tag}.onnx"), export_split,
-                               "split at layer {split} (deep adapters)")
+    lower, upper = _ensure_split_files(spec, shape, home, ("lower-{tag}.onnx", "upper-{tag}.onnx"), export_split,
+                                       "split at layer {split} (deep adapters)")
+    return lower, upper
 
 
 def ensure_upper_weights(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, Path]:
@@ -104,29 +105,46 @@ def ensure_upper_weights(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Pa
     (safetensors), exporting them when missing."""
     from models.split import export_upper_weights
 
-    return _ensure_split_files(spec, shape, home, ("upper-weights-{tag}.onnx", "upper-weights-{tag}.safetensors"),
-                               export_upper_weights,
-                               "upper layers from {split} with their weights as inputs (unfreeze adapters)")
+    graph, weights = _ensure_split_files(spec, shape, home, ("upper-weights-{tag}.onnx",
+                                                             "upper-weights-{tag}.safetensors"),
+                                         export_upper_weights,
+                                         "upper layers from {split} with their weights as inputs (unfreeze adapters)")
+    return graph, weights
 
 
-def _ensure_split_files(spec: BackboneSpec, shape: Any, home: Path, names: tuple[str, str],
-                        export: Any, what: str) -> tuple[Path, Path]:
-    """Two files `export(spec, shape, first, second)` writes together, under the artifact folder,
-    named by the split layer and the split export format; built once, under the folder's lock."""
+def ensure_image_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path, ...]:
+    """Paths of the lower and upper_weights fp32 graphs of an image backbone split at block
+    `shape.split` (models/image_split.py: unfreeze adapters) and of its pretrained upper
+    weights (safetensors), exporting them when missing."""
+    from models.image_split import IMAGE_SPLIT_SETTINGS, export_image_split
+
+    return _ensure_split_files(spec, shape, home, ("lower-{tag}.onnx", "upper-weights-{tag}.onnx",
+                                                   "upper-weights-{tag}.safetensors"),
+                               export_image_split, "split at block {split} (unfreeze adapters)",
+                               version=f"i{IMAGE_SPLIT_SETTINGS['format']}")
+
+
+def _ensure_split_files(spec: BackboneSpec, shape: Any, home: Path, names: tuple[str, ...],
+                        export: Any, what: str, version: str | None = None) -> tuple[Path, ...]:
+    """Files `export(spec, shape, *paths)` writes together, under the artifact folder, named
+    by the split layer and the export format (`version`; default: the text split's);
+    built once, under the folder's lock."""
+    from contextlib import ExitStack
+
     from models.split import SPLIT_SETTINGS
 
     folder = artifact_dir(spec, home)
-    tag = f"s{shape.split}-v{SPLIT_SETTINGS['format']}"
-    first, second = (folder / name.format(tag=tag) for name in names)
-    if first.is_file() and second.is_file():
-        return first, second
+    tag = f"s{shape.split}-{version or 'v' + str(SPLIT_SETTINGS['format'])}"
+    paths = tuple(folder / name.format(tag=tag) for name in names)
+    if all(p.is_file() for p in paths):
+        return paths
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / ".lock"):
-        if not (first.is_file() and second.is_file()):
+        if not all(p.is_file() for p in paths):
             log.info("exporting %s %s", spec.id, what.format(split=shape.split))
-            with atomic_write(first) as tmp_first, atomic_write(second) as tmp_second:
-                export(spec, shape, tmp_first, tmp_second)
-    return first, second
+            with ExitStack() as stack:
+                export(spec, shape, *(stack.enter_context(atomic_write(p)) for p in paths))
+    return paths
 
 
 def _build(spec: BackboneSpec, precision: str, folder: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,10 @@ def _rgb(img: Any) -> Any:
 class ImageBackbone(Backbone):
     kind = "image"
 
-    def __init__(self, spec: BackboneSpec, runner: OrtRunner, limits: ImageLimits | None = None) -> None:
+    def __init__(self, spec: BackboneSpec, runner: OrtRunner, limits: ImageLimits | None = None,
+                 split: Any = None) -> None:
+        self.spec = spec
+        self.split = split  # models/image_split.ImageSplitRunner (unfreeze adapters), or None: head-only
         self.id = spec.id
         self.fingerprint = spec.fingerprint
         self.limits = limits or ImageLimits()
@@ -143,6 +147,80 @@ class ImageBackbone(Backbone):
         pixels = np.stack([self.prepare(item) for item in items])
         chunks = [self._runner.run(pixels[i : i + self.max_rows]) for i in range(0, len(pixels), self.max_rows)]
         return EmbedResult(vectors=np.concatenate(chunks), truncated=[False] * len(items), calls=len(chunks))
+
+    # -- unfreeze adapters: the split graphs (models/image_split.py) ------------------------
+
+    @property
+    def split_shape(self) -> Any:
+        return self.split.shape if self.split else None
+
+    @property
+    def hidden_key(self) -> str:
+        """What `hidden_states` depend on, keying their cache (adapters/pipeline.py
+        hidden_cached), as TextBackbone.hidden_key: the weights and preprocessing, the split
+        block and the lower graph (its file, its precision)."""
+        split = self._require_split()
+        return f"{self.fingerprint}:b{split.shape.split}:{Path(split.lower.model_path).stem}:{split.lower.precision}"
+
+    def hidden_states(self, items: list[Any]) -> list[np.ndarray]:
+        """The lower graph's feature map per image, (positions, channels) each, kept in float16
+        (training reads them back as float32): computed once per example by the fp32 lower
+        graph that serves unfreeze rows."""
+        split = self._require_split()
+        if not items:
+            return []
+        pixels = np.stack([self.prepare(item) for item in items])
+        out: list[np.ndarray] = []
+        for i in range(0, len(pixels), self.max_rows):
+            out += list(split.lower.run(pixels[i : i + self.max_rows]).astype(np.float16))
+        return out
+
+    def embed_deep(self, items: list[Any], deep: list[Any]) -> EmbedResult:
+        """Embed through the split graphs, each row with its unfreeze adapter's layers
+        (models/split.UnfrozenLayers) or None (the pretrained weights): one lower call per
+        `max_rows` images for all rows, whatever their adapters, then per adapter one
+        upper_weights call per `max_rows` of its rows (each call feeds the adapter's weights)."""
+        from models.split import UnfrozenLayers
+
+        split = self._require_split()
+        if not items:
+            return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
+        for layers in deep:
+            if layers is not None and not isinstance(layers, UnfrozenLayers):
+                raise ValueError(f"backbone {self.id!r} serves unfreeze adapters only, not {type(layers).__name__}")
+        pixels = np.stack([self.prepare(item) for item in items])
+        hidden = np.concatenate([split.lower.run(pixels[i : i + self.max_rows])
+                                 for i in range(0, len(pixels), self.max_rows)])
+        calls = -(-len(pixels) // self.max_rows)
+        groups: dict[int, list[int]] = {}
+        for i, layers in enumerate(deep):
+            groups.setdefault(id(layers), []).append(i)
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        for rows in groups.values():
+            for start in range(0, len(rows), self.max_rows):
+                chunk = rows[start : start + self.max_rows]
+                out[chunk] = split.upper(hidden[chunk], deep[chunk[0]])
+                calls += 1
+        return EmbedResult(vectors=out, truncated=[False] * len(items), calls=calls)
+
+    def upper_module(self):  # -> torch.nn.Module (torch imported lazily)
+        """The upper blocks and head conv in torch (frozen, pretrained), for training."""
+        from models.image_split import build_image_modules
+
+        return build_image_modules(self.spec, self._require_split().shape)[1]
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.split is not None:
+            shape = self.split.shape
+            out["deep_adapters"] = {"methods": ["unfreeze"], "layers": shape.layers - shape.split,
+                                    "split": shape.split, "unit": "block", "precision": self.split.lower.precision}
+        return out
+
+    def _require_split(self) -> Any:
+        if self.split is None:
+            raise ValueError(f"backbone {self.id!r} is not split: unfreeze adapters need GRAFT_IMAGE_SPLIT_BLOCKS > 0")
+        return self.split
 
 
 # -- building the graph (export time only; torch imported lazily) ---------------------------

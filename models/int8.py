@@ -440,12 +440,7 @@ def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | 
     names = candidates("split", cpu)
 
     def build(name: str) -> tuple[Path, Path]:
-        paths = split_paths(lower, upper, name)
-        for src, target in zip((lower, upper), paths):
-            if not target.is_file():
-                with atomic_write(target) as tmp:
-                    _quantize_split(spec, shape, src, tmp, RECIPES[name], lower)
-        return paths
+        return _build_split(spec, shape, lower, upper, name)
 
     with locked(folder / ".lock"):
         if not verdict_file.is_file():
@@ -464,6 +459,26 @@ def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | 
     log.info("%s split at layer %d: %s", spec.id, shape.split, verdict["reason"])
     return Int8Choice(split_paths(lower, upper, chosen)[0] if chosen else lower, "int8" if chosen else "fp32",
                       chosen, verdict["cpu"], verdict["measured"], verdict["reason"])
+
+
+def split_recipe(spec: BackboneSpec, shape: Any, home: Path, recipe: str) -> tuple[Path, Path]:
+    """The lower and upper int8 graphs of one split recipe, built if missing, whatever the gate
+    chose (benchmarks compare them)."""
+    from models.export import ensure_split
+
+    lower, upper = ensure_split(spec, shape, home)
+    with locked(artifact_dir(spec, home) / ".lock"):
+        return _build_split(spec, shape, lower, upper, recipe)
+
+
+def _build_split(spec: BackboneSpec, shape: Any, lower: Path, upper: Path, recipe: str) -> tuple[Path, Path]:
+    """Under the artifact folder's lock."""
+    paths = split_paths(lower, upper, recipe)
+    for src, target in zip((lower, upper), paths):
+        if not target.is_file():
+            with atomic_write(target) as tmp:
+                _quantize_split(spec, shape, src, tmp, RECIPES[recipe], lower)
+    return paths
 
 
 def split_paths(lower: Path, upper: Path, recipe: str) -> tuple[Path, Path]:

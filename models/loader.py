@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from models.base import Backbone
-from models.catalog import resolve_spec
+from models.catalog import licence, resolve_spec
 from models.export import ensure_artifact
 from models.image import ImageBackbone, ImageLimits
 from models.int8 import Int8Choice, choose_int8, choose_split, split_paths
@@ -27,9 +27,12 @@ def load_backbone(
     intra_op_threads: int = 0,
     image_limits: ImageLimits | None = None,
     split_layers: int = 0,
+    image_split_blocks: int = 0,
 ) -> Backbone:
     """`split_layers`: text backbones also load their lower and upper graphs split below
-    that many top layers, for deep (LoRA) adapters; 0: head-only."""
+    that many top layers, for deep (LoRA) adapters; 0: head-only. `image_split_blocks`: image
+    backbones load their lower and upper_weights graphs split below that many top blocks, for
+    unfreeze adapters (fp32; models/image_split.py); 0: head-only."""
     from models.text import SplitRunner, TextBackbone, UpperWeights
 
     spec = resolve_spec(name)
@@ -45,7 +48,18 @@ def load_backbone(
     runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
     backbone: Backbone
     if spec.kind == "image":
-        backbone = ImageBackbone(spec, runner, image_limits)
+        image_split = None
+        if image_split_blocks:
+            from models.export import ensure_image_split
+            from models.image_split import ImageSplitRunner, image_split_shape
+
+            ishape = image_split_shape(spec.arch, image_split_blocks, spec.image_size)
+            lower_path, upper_path, pretrained_path = ensure_image_split(spec, ishape, home)
+            image_split = ImageSplitRunner(ishape, OrtRunner(lower_path, ort_provider, "fp32", intra_op_threads,
+                                                             spinning=False),
+                                           UpperWeights.load(ishape, upper_path, pretrained_path, ort_provider,
+                                                             intra_op_threads))
+        backbone = ImageBackbone(spec, runner, image_limits, image_split)
     else:
         split = None
         if split_layers:
@@ -59,14 +73,17 @@ def load_backbone(
             int8_split = gate is not None and gate.recipe is not None
             lower, upper = split_paths(fp32_lower, fp32_upper, gate.recipe) if int8_split else (fp32_lower, fp32_upper)
             precision = "int8" if int8_split else "fp32"
-            split = SplitRunner(shape, OrtRunner(lower, ort_provider, precision, intra_op_threads),
-                                OrtRunner(upper, ort_provider, precision, intra_op_threads),
+            # The split graphs run in turn (lower, upper, upper_weights): their threads do not
+            # spin between calls (OrtRunner).
+            split = SplitRunner(shape, OrtRunner(lower, ort_provider, precision, intra_op_threads, spinning=False),
+                                OrtRunner(upper, ort_provider, precision, intra_op_threads, spinning=False),
                                 UpperWeights.load(shape, *ensure_upper_weights(spec, shape, home), ort_provider,
                                                   intra_op_threads))
             split.gate = gate.describe() if gate else None
             split.fp32_lower = fp32_lower if int8_split else None  # deep adapters train on fp32 states
         backbone = TextBackbone(spec, runner, split)
     backbone.int8 = int8.describe() if int8 else None
+    backbone.licence = licence(spec)
     log.info(
         "backbone %s ready: dim=%d provider=%s precision=%s runtime=%s fingerprint=%s",
         backbone.id, backbone.dim, backbone.provider, backbone.precision,

@@ -70,13 +70,20 @@ def choose_provider(requested: str) -> str:
 class OrtRunner:
     """One inference session over a graph with one output (the embeddings)."""
 
-    def __init__(self, model_path: Path, provider: str, precision: str, intra_op_threads: int = 0) -> None:
+    def __init__(self, model_path: Path, provider: str, precision: str, intra_op_threads: int = 0,
+                 spinning: bool = True) -> None:
+        """`spinning` False: the session's threads sleep between calls instead of spin-waiting
+        (ORT's default): for sessions called in turn with others (a split backbone's graphs),
+        whose spinning threads would take the cores from the next graph's
+        (docs/BENCHMARKS.md, deep adapters)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
         self.provider = self.session.get_providers()[0]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,7 +31,7 @@ TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
 # The names the API takes for them.
 TARGET_NAMES = {"query": TARGETS[0], "key": TARGETS[1], "value": TARGETS[2], "attention_output": TARGETS[3],
                 "ffn_in": TARGETS[4], "ffn_out": TARGETS[5]}
-SPLIT_SETTINGS: dict[str, Any] = {"format": 1, "opset": 17}
+SPLIT_SETTINGS: dict[str, Any] = {"format": 2, "opset": 17}
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class SplitShape:
     split: int  # first adapted layer: upper = layers [split, layers)
     hidden: int
     intermediate: int
+    # What method unfreeze counts (its `layers`) and the setting that offers them; an image
+    # backbone's shape (models/image_split.ImageSplitShape) counts blocks.
+    unit: ClassVar[str] = "layer"
+    setting: ClassVar[str] = "GRAFT_SPLIT_LAYERS"
 
     @property
     def upper_layers(self) -> list[int]:
@@ -82,6 +86,26 @@ class SplitShape:
         "<absolute layer>.<param path>"."""
         return [f"{layer}.{path}" for layer in self.upper_layers for path in self.layer_params()]
 
+    def params_of(self, layer: int) -> dict[str, tuple[int, ...]]:
+        """Every parameter of upper layer `layer` (absolute), by its path: all layers alike."""
+        return self.layer_params()
+
+    def unfrozen_units(self, layers: int) -> list[int]:
+        """The absolute layers an unfreeze adapter of the top `layers` layers trains and carries."""
+        return list(range(self.layers - layers, self.layers))
+
+    def unfreeze_bytes(self, layers: int) -> int:
+        """Bytes of an unfreeze adapter's weights (fp32) for its top `layers` layers."""
+        return layers * self.layer_bytes
+
+    def bytes_note(self) -> str:
+        return f"{self.layer_bytes / 2**20:.1f} MiB a layer"
+
+    def unfreeze_recipe(self, layers: int) -> dict[str, Any]:
+        """What an unfreeze adapter's config records (`AdapterConfig.unfreeze`): the shape it fits."""
+        return {"layers": layers, "split": self.split, "backbone_layers": self.layers, "hidden": self.hidden,
+                "intermediate": self.intermediate}
+
 
 def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
     from transformers import AutoConfig
@@ -93,11 +117,15 @@ def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
     return SplitShape(n, n - top_layers, int(config.hidden_size), int(config.intermediate_size))
 
 
-def extended_mask(mask: Any) -> Any:
-    """BERT's additive attention mask (B, 1, 1, T) from a 0/1 mask (B, T)."""
-    import torch
+def extended_mask(config: Any, hidden: Any, mask: Any) -> Any:
+    """The attention mask the encoder's layers take, built by transformers exactly as the whole
+    model builds it: ONNX Runtime's attention fusion recognises that pattern (a hand-made
+    additive mask left the split graphs' attention unfused), and the torch halves then mask
+    as the whole model does."""
+    from transformers.masking_utils import create_bidirectional_mask
 
-    return (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
+    return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask,
+                                     allow_is_bidirectional_skip=False)
 
 
 def pool(hidden: Any, mask: Any, pooling: str) -> Any:
@@ -127,7 +155,7 @@ def build_modules(spec: BackboneSpec, shape: SplitShape):  # -> (lower, upper) t
 
         def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
             hidden = self.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
-            ext = extended_mask(attention_mask)
+            ext = extended_mask(encoder.config, hidden, attention_mask)
             for layer in self.layers:
                 hidden = layer(hidden, attention_mask=ext)
             return hidden
@@ -140,7 +168,7 @@ def build_modules(spec: BackboneSpec, shape: SplitShape):  # -> (lower, upper) t
             self.layers = torch.nn.ModuleList(encoder.encoder.layer[shape.split :])
 
         def forward(self, hidden, attention_mask):  # type: ignore[no-untyped-def]
-            ext = extended_mask(attention_mask)
+            ext = extended_mask(encoder.config, hidden, attention_mask)
             for layer in self.layers:
                 hidden = layer(hidden, attention_mask=ext)
             return pool(hidden, attention_mask, spec.pooling)

@@ -85,7 +85,8 @@ class UpperWeights:
              intra_op_threads: int = 0) -> "UpperWeights":
         from safetensors.numpy import load_file
 
-        return cls(shape, OrtRunner(graph, provider, "fp32", intra_op_threads), load_file(str(pretrained)))
+        return cls(shape, OrtRunner(graph, provider, "fp32", intra_op_threads, spinning=False),
+                   load_file(str(pretrained)))
 
     def run(self, hidden: np.ndarray, mask: np.ndarray, layers: UnfrozenLayers) -> np.ndarray:
         """Embeddings of rows that all take `layers` (one adapter's)."""

@@ -6,7 +6,7 @@ from typing import Any, Callable
 from adapters.cache import BackboneNotLoaded
 from adapters.format import AdapterFormatError
 from adapters.jobs import QueueFull
-from adapters.registry import ConflictError, NotFoundError, QuotaExceeded
+from adapters.registry import ConflictError, LabelsDropped, NotFoundError, QuotaExceeded
 from adapters.zero_shot import LabelError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -97,6 +97,7 @@ _DOMAIN: list[tuple[type[Exception], Callable[[Exception], GraftError]]] = [
     (IntegrityError, lambda e: Conflict("a concurrent change collided with this one; retry")),
     (DBAPIError, lambda e: Unavailable("the registry database is unreachable; retry shortly")),
     (NotFoundError, lambda e: NotFound(str(e))),
+    (LabelsDropped, lambda e: Conflict(str(e), e.details)),  # type: ignore[attr-defined]
     (ConflictError, lambda e: Conflict(str(e))),
     (BackboneNotLoaded, lambda e: Conflict(str(e))),
     (AdapterFormatError, lambda e: Conflict(f"the active adapter version cannot be served: {e}")),

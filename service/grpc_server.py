@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from adapters.keys import KeyInfo
 from adapters.registry import VersionInfo
-from service import metrics
+from service import cards, metrics
 from service.auth import Principal
 from service.engine import Engine
 from service.errors import DOMAIN_ERRORS, DeadlineExceeded, GraftError, InvalidInput, from_validation, translate
@@ -160,8 +160,8 @@ class GraftServicer(pb_grpc.GraftServicer):
                   for f, value in request.params.ListFields()} if request.HasField("params") else {}
         body = FinetuneRequest(
             tenant=request.tenant, adapter=request.adapter or "default", backbone=request.backbone or None,
-            examples=[{"image": image_text(e.image), "label": e.label} if e.image else {"text": e.text, "label": e.label}
-                      for e in request.examples],
+            examples=[{**({"image": image_text(e.image)} if e.image else {"text": e.text}), "label": e.label,
+                       **({"group": e.group} if e.group else {})} for e in request.examples],
             params=FinetuneParams.model_validate(params, strict=False),
         )
         assert body.params is not None
@@ -226,9 +226,31 @@ class GraftServicer(pb_grpc.GraftServicer):
     async def Promote(self, request: pb.PromoteRequest, who: Principal) -> pb.PromoteResponse:
         ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
         who.authorize(ref.tenant)  # before the version, as HTTP authorizes before reading the body
-        version = PromoteRequest(version=request.version).version
-        active = await self.engine.versions.promote(ref.tenant, ref.adapter, version)
+        body = PromoteRequest(version=request.version, allow_dropped_labels=request.allow_dropped_labels)
+        active = await self.engine.versions.promote(ref.tenant, ref.adapter, body.version,
+                                                    allow_dropped_labels=body.allow_dropped_labels)
         return pb.PromoteResponse(tenant=ref.tenant, adapter=ref.adapter, active_version=active)
+
+    async def _card(self, request: pb.GetVersionCardRequest, who: Principal) -> dict[str, Any]:
+        ref = AdapterRef(tenant=request.tenant, adapter=request.adapter)
+        who.authorize(ref.tenant)
+        if request.version < 1:
+            raise InvalidInput("version: must be 1 or more")
+        return await self.engine.versions.card(ref.tenant, ref.adapter, request.version)
+
+    @rpc
+    async def GetVersionCard(self, request: pb.GetVersionCardRequest, who: Principal) -> pb.VersionCard:
+        if request.format not in ("", "json", "markdown"):
+            raise InvalidInput('format: "json" (default) or "markdown"')
+        card = await self._card(request, who)
+        if request.format == "markdown":
+            return pb.VersionCard(markdown=await asyncio.to_thread(lambda: cards.markdown(card, cards.png(card))))
+        return pb.VersionCard(card_json=json.dumps(card))
+
+    @rpc
+    async def GetVersionCardImage(self, request: pb.GetVersionCardRequest, who: Principal) -> pb.VersionCardImage:
+        card = await self._card(request, who)
+        return pb.VersionCardImage(png=await asyncio.to_thread(cards.png, card))
 
     @rpc
     async def Rollback(self, request: pb.RollbackRequest, who: Principal) -> pb.PromoteResponse:

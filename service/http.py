@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import metrics
+from service import cards, metrics
 from service.auth import Principal
 from service.compat import Observed, caller, engine, json_response, read_limited, with_error_headers
 from service.errors import (
@@ -268,7 +268,7 @@ async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
         VersionDetail(
             version=v.version, active=v.active, created_at=v.created_at, backbone=v.config.backbone,
             head=v.config.head, method=v.config.method, lora=v.config.lora, unfreeze=v.config.unfreeze,
-            bytes=v.bytes,
+            lexical=v.config.lexical, bytes=v.bytes,
             labels=v.config.labels, metrics=v.config.metrics,
             training=v.config.training, parent_version=v.config.parent_version,
         )
@@ -280,10 +280,41 @@ async def list_versions(tenant: str = TenantPath, adapter: str = AdapterPath,
           openapi_extra=json_body(PromoteRequest))
 async def promote(request: Request, tenant: str = TenantPath, adapter: str = AdapterPath,
                   who: Principal = Depends(caller)) -> ActiveVersion:
+    """Make a version active. One that drops labels the active version serves needs
+    `allow_dropped_labels: true` (else 409 naming them)."""
     who.authorize(tenant)
     body = await parse(PromoteRequest, request)
-    version = await engine().versions.promote(tenant, adapter, body.version)
+    version = await engine().versions.promote(tenant, adapter, body.version,
+                                              allow_dropped_labels=body.allow_dropped_labels)
     return ActiveVersion(tenant=tenant, adapter=adapter, active_version=version)
+
+
+VersionPath = Path(ge=1, le=2**31 - 1, description="version number")
+CARD_RESPONSES: dict[int | str, dict[str, Any]] = {**ERRORS, 200: {"content": {
+    "application/json": {"schema": {"type": "object"}},
+    "text/markdown": {"schema": {"type": "string"}}}}}
+
+
+@app.get("/v1/tenants/{tenant}/adapters/{adapter}/versions/{version}/card", responses=CARD_RESPONSES)
+async def version_card(request: Request, tenant: str = TenantPath, adapter: str = AdapterPath,
+                       version: int = VersionPath, who: Principal = Depends(caller)) -> Response:
+    """The version's model card: JSON; Markdown (its figures embedded) with `Accept: text/markdown`."""
+    who.authorize(tenant)
+    card = await engine().versions.card(tenant, adapter, version)
+    if "text/markdown" in request.headers.get("accept", ""):
+        text = await asyncio.to_thread(lambda: cards.markdown(card, cards.png(card)))
+        return Response(text, media_type="text/markdown; charset=utf-8")
+    return json_response(card)
+
+
+@app.get("/v1/tenants/{tenant}/adapters/{adapter}/versions/{version}/card.png", responses={
+    **ERRORS, 200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
+async def version_card_png(tenant: str = TenantPath, adapter: str = AdapterPath, version: int = VersionPath,
+                           who: Principal = Depends(caller)) -> Response:
+    """The card's figures: the validation confusion matrix as a heatmap, the train/validation curves."""
+    who.authorize(tenant)
+    card = await engine().versions.card(tenant, adapter, version)
+    return Response(await asyncio.to_thread(cards.png, card), media_type="image/png")
 
 
 @app.post("/v1/tenants/{tenant}/adapters/{adapter}/rollback", response_model=ActiveVersion, responses=ERRORS)

@@ -38,6 +38,7 @@ class Work:
 
     item: Any
     head: Adapter | None = None
+    text: str | None = None  # the raw text, for heads that read it (Adapter.needs_text: lexical, hybrid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,21 +54,24 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
     Rows of head-only adapters (and plain embeddings) share the backbone's graph; rows of
     deep adapters share the split graphs' lower pass, at most `max_loras` distinct adapters
     per call (tenants mixed freely within that): LoRA rows then share one upper call, each
-    row with its own factors, and an unfreeze adapter's rows take one upper_weights call."""
+    row with its own factors, and an unfreeze adapter's rows take one upper_weights call.
+    Rows of lexical adapters need no vector (zeros): they skip the graphs and meet the other
+    rows in the head stage, which hands lexical and hybrid heads the rows' texts."""
     started = time.perf_counter()
     deep = [i for i, w in enumerate(work) if w.head is not None and w.head.deep is not None]
-    if not deep:
+    skip = {i for i, w in enumerate(work) if w.head is not None and not w.head.needs_vector}
+    if not deep and not skip:
         result = backbone.embed([w.item for w in work])
         vectors, truncated, calls = result.vectors, result.truncated, result.calls
     else:
-        vectors = np.empty((len(work), backbone.dim), dtype=np.float32)
+        vectors = np.zeros((len(work), backbone.dim), dtype=np.float32)
         truncated, calls = [False] * len(work), 0
         deep_rows = set(deep)
-        plain = [i for i in range(len(work)) if i not in deep_rows]
+        plain = [i for i in range(len(work)) if i not in deep_rows and i not in skip]
         calls_by_rows = [(plain, lambda rows: backbone.embed([work[i].item for i in rows]))] if plain else []
         calls_by_rows += [(rows, lambda rows: backbone.embed_deep(  # type: ignore[attr-defined]
             [work[i].item for i in rows], [work[i].head.deep for i in rows]))  # type: ignore[union-attr]
-            for rows in _by_adapters(work, deep, max_loras)]
+            for rows in (_by_adapters(work, deep, max_loras) if deep else [])]
         for rows, embed in calls_by_rows:
             result = embed(rows)
             vectors[rows] = result.vectors
@@ -86,7 +90,8 @@ def backbone_pass(backbone: Backbone, work: list[Work], max_loras: int = 32) -> 
     for rows in groups.values():
         head = work[rows[0]].head
         assert head is not None
-        for i, p in zip(rows, head.predict_proba(vectors[rows])):
+        texts = [work[i].text for i in rows] if head.needs_text else None
+        for i, p in zip(rows, head.predict_proba(vectors[rows], texts)):
             scores[i] = p
     if groups:
         metrics.observe_heads(backbone.id, len(groups), time.perf_counter() - heads_started)
@@ -178,6 +183,7 @@ class Inference:
                     load_backbone, name, s.home,
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
                     image_limits=s.image_limits(), split_layers=s.split_layers,
+                    image_split_blocks=s.image_split_blocks,
                 )
             except Exception as e:
                 # /readyz is open: a code and a pointer, the detail (paths, causes) in the log.
@@ -304,7 +310,8 @@ class Inference:
             async with self.cache.lease(tenant, adapter) as head:
                 model = self.backbone(head.config.backbone)
                 ready = await self.prepare_items(model, items)
-                rows = await self.run(model, [Work(item, head) for item in ready])
+                texts = items if head.needs_text else [None] * len(ready)
+                rows = await self.run(model, [Work(item, head, text) for item, text in zip(ready, texts)])
         except BackboneNotLoaded as e:
             if self._failure or not self.ready:  # still loading: 503, not "add it to GRAFT_BACKBONES"
                 raise Unavailable("backbones are still loading; retry shortly (see /readyz)") from e

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from adapters.jobs import Job, JobQueue
+from adapters.lexical import LEXICAL_METHODS
 from adapters.pipeline import DEEP_METHODS, InvalidParams, lora_params, unfreeze_params
 from adapters.registry import Registry
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
@@ -31,13 +32,22 @@ class Jobs:
         if params.get("augment") and model.kind != "image":
             raise InvalidInput(f"params.augment applies to image backbones; {model.id!r} embeds text")
         method = params.get("method")
+        if method in LEXICAL_METHODS and model.kind != "text":
+            methods = ["head", "unfreeze"] if model.split_shape is not None else ["head"]
+            raise InvalidInput(f"method {method} reads texts; {model.id!r} is an image backbone: use method "
+                               + " or ".join(methods), {"methods": methods})
         if method in DEEP_METHODS:
-            if model.split_shape is None:
+            split = model.split_shape is not None
+            if model.kind == "image" and method == "lora":
                 raise InvalidInput(
-                    f"method {method} needs a text backbone split for deep adapters; {model.id!r} is "
-                    + ("an image backbone: use method head" if model.kind == "image"
-                       else "not split (GRAFT_SPLIT_LAYERS is 0): use method head"),
-                    {"methods": ["head"]})
+                    f"method lora needs a text backbone split for deep adapters; {model.id!r} is an image backbone: "
+                    "use method head" + (" or unfreeze (LoRA on convolutions is not offered)" if split else ""),
+                    {"methods": ["head", "unfreeze"] if split else ["head"]})
+            if not split:
+                raise InvalidInput(
+                    f"method {method} needs a backbone split for deep adapters; {model.id!r} is not split ("
+                    + ("GRAFT_IMAGE_SPLIT_BLOCKS" if model.kind == "image" else "GRAFT_SPLIT_LAYERS")
+                    + " is 0): use method head", {"methods": ["head"]})
             try:
                 if method == "lora":
                     lora_params(params, model.split_shape)

@@ -169,11 +169,14 @@ class VersionDetail(BaseModel):
     created_at: str
     backbone: str
     head: str
-    method: str = Field(description="head, lora (factors of the top layers too) or unfreeze (the top layers' weights "
-                                    "too)")
+    method: str = Field(description="head, lora (factors of the top layers too), unfreeze (the top layers' weights "
+                                    "too), lexical (TF-IDF n-grams, no vector) or hybrid (n-grams and the vector)")
     lora: dict[str, object] | None = Field(description="lora: rank, alpha, layers, split, targets")
     unfreeze: dict[str, object] | None = Field(
-        None, description="unfreeze: layers, split, backbone_layers, hidden, intermediate")
+        None, description="unfreeze: layers, split, backbone_layers, hidden, intermediate (image backbones: arch "
+                          "instead of intermediate; layers and split count blocks)")
+    lexical: dict[str, object] | None = Field(
+        None, description="lexical, hybrid: word_ngram, char_ngram, word_terms, char_terms, embedding_weight (hybrid)")
     bytes: int = Field(description="size of the version's weights")
     labels: list[str]
     metrics: dict[str, object]
@@ -189,6 +192,9 @@ class VersionList(BaseModel):
 
 class PromoteRequest(_Strict):
     version: int = Field(ge=1)
+    allow_dropped_labels: bool = Field(
+        False, description="promote even if the version drops labels the active version serves (their requests "
+                           "would get another label); without it such a promote answers 409 naming them")
 
 
 class ActiveVersion(BaseModel):
@@ -208,18 +214,29 @@ class FinetuneParams(_Strict):
 
     head: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
-    method: Literal["head", "lora", "unfreeze"] = Field(
-        "head", description="head: a head on the frozen backbone's vectors; lora: LoRA factors of the top layers "
+    method: Literal["auto", "head", "lora", "unfreeze", "lexical", "hybrid"] = Field(
+        "auto", description="auto (default): the service trains the candidates that fit the data and "
+                            "time_budget_s (head linear and mlp, lexical, hybrid, lora when the backbone is split and "
+                            "the set large enough; images: head, head on augmented copies, unfreeze), keeps the best on "
+                            "a validation split and evaluates it once on a test split (adapters/auto.py); "
+                            "head: a head on the frozen backbone's vectors; lexical: TF-IDF word and character "
+                            "n-grams and a linear model trained from scratch on the texts (where words themselves "
+                            "decide the label; text backbones); hybrid: those n-grams and the backbone's vector, one "
+                            "linear model on both (text backbones); lora: LoRA factors of the top layers "
                             "and a head, trained together; unfreeze: every weight of the top layers and a head "
                             "(MBs per adapter: for tenants with much data). lora and unfreeze need a text backbone "
-                            "split for deep adapters (see /readyz)")
+                            "split for deep adapters (see /readyz); image backbones take unfreeze (their last blocks "
+                            "and head conv, served in fp32) but not lora")
     lora_rank: int = Field(8, ge=1, le=64, description="lora: rank of the factors")
     lora_alpha: float | None = Field(None, gt=0, le=1024, description="lora: scale numerator (default 2 x rank)")
     lora_layers: int | None = Field(
         None, ge=1, le=64, description="lora: top layers adapted (default: all the backbone's split offers)")
     unfreeze_layers: int | None = Field(
         None, ge=1, le=64, description="unfreeze: top layers trained (default: all the backbone's split offers; "
-                                       "their weights at most GRAFT_MAX_UNFREEZE_BYTES)")
+                                       "their weights at most GRAFT_MAX_UNFREEZE_BYTES). Image backbones count "
+                                       "blocks: MBConv blocks (expand conv, depthwise conv, project conv, batch "
+                                       "norms; EfficientNet-Lite0 has 16), the last k trained with the head conv "
+                                       "(1x1 to 1280 channels); batch-norm statistics stay pretrained")
     lora_targets: list[Literal["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]] | None = Field(
         None, min_length=1, description="lora: projections adapted (default: all six)")
     layer_decay: float = Field(
@@ -227,16 +244,18 @@ class FinetuneParams(_Strict):
                                      "much slower")
     gradual_unfreeze: bool = Field(
         False, description="lora, unfreeze: gradual unfreezing, the top layer trains first, one layer more each epoch")
-    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora, unfreeze)")
+    epochs: int | None = Field(None, ge=1, le=1000, description="default: 100 (head), 4 (lora, unfreeze), 8 (unfreeze "
+                                                               "on an image backbone)")
     batch_size: int | None = Field(None, ge=1, le=4096, description="default: 32 (head), 16 (lora, unfreeze)")
     lr: float | None = Field(None, gt=0, le=1, description="default: 1e-2 (head); lora: 2e-3 for the top layer's "
-                                                           "factors; unfreeze: 1e-4 for the top layer's weights")
+                                                           "factors; unfreeze: 1e-4 for the top layer's weights "
+                                                           "(image backbones: 1e-3 for the head conv's)")
     weight_decay: float = Field(1e-2, ge=0, le=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     warmup_fraction: float = Field(0.1, ge=0, le=0.5)
     patience: int | None = Field(
         None, ge=1, le=1000, description="epochs without a better validation macro-F1 (default: 15 head, 3 lora and "
-                                         "unfreeze)")
+                                         "unfreeze, 8 unfreeze on an image backbone)")
     val_fraction: float = Field(0.2, gt=0, lt=0.9)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     continual: bool = Field(False, description="start from the active version's head (labels may grow)")
@@ -248,10 +267,18 @@ class FinetuneParams(_Strict):
     keep_examples: bool = Field(
         False, description="keep the examples after the job ends (for later continual training; deleted after "
                            "GRAFT_KEPT_EXAMPLES_DAYS or with the tenant); default: deleted when the job ends")
+    time_budget_s: float = Field(
+        120.0, ge=1, le=3600, description="method auto: seconds the job may spend; a candidate whose estimated time "
+                                          "would pass it is skipped (the first always trains)")
+    allow_dropped_labels: bool = Field(
+        False, description="promote automatically even if the new version drops labels the active version serves; "
+                           "without it such a version is stored as a candidate and the job's promotion event says why")
     augment: int = Field(
         0, ge=0, le=8,
         description="image backbones: randomly flipped, rotated (up to 10 degrees) and colour-jittered "
-                    "copies of each training image; 0 = off (each copy is one more embedding per image)",
+                    "copies of each training image; 0 = off (each copy is one more embedding per image; method "
+                    "unfreeze: one more lower-graph feature map per image, made once per job and not cached, "
+                    "so every epoch sees the same copies)",
     )
 
 
@@ -260,7 +287,8 @@ class FinetuneRequest(_Strict):
     adapter: Name = "default"
     backbone: str | None = None
     examples: list[Any] = Field(
-        description='[{"text": ..., "label": ...}, ...], or [{"image": base64, "label": ...}, ...] for an image backbone'
+        description='[{"text": ..., "label": ...}, ...], or [{"image": base64, "label": ...}, ...] for an image '
+                    'backbone; each may carry an optional "group" (a string): the model card reports macro-F1 per group'
     )
     params: FinetuneParams | None = None
 

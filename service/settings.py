@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     split_layers: int = Field(
         2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA, unfreeze) adapters train, "
                                     "served from split lower/upper graphs; 0 = head adapters only")
+    image_split_blocks: int = Field(
+        2, ge=0, le=16, description="last blocks of each image backbone (EfficientNet-Lite0: 16 MBConv blocks) that "
+                                    "unfreeze adapters may train, served from split lower/upper graphs (fp32); "
+                                    "0 = head adapters only")
     max_loras_per_batch: int = Field(
         32, ge=1, description="distinct LoRA adapters in one upper-graph call (as vLLM's max_loras)")
     max_unfreeze_bytes: int = Field(

@@ -57,7 +57,8 @@ def parse_csv(data: bytes) -> list[dict[str, Any]]:
         n = reader.line_num
         if None in row or any(v is None for v in row.values()):
             raise InvalidInput(f"line {n}: wrong number of fields", {"line": n})
-        examples.append({"text": row["text"], "label": row["label"], "_line": n})
+        examples.append({"text": row["text"], "label": row["label"], "_line": n,
+                         **({"group": row["group"]} if row.get("group") else {})})
 
 
 def parse_zip(data: bytes, *, max_bytes: int) -> list[dict[str, Any]]:
@@ -137,8 +138,15 @@ def check_examples(
             raise InvalidInput(f"{where}: label must be a non-empty string", detail)
         if len(label) > 200:
             raise InvalidInput(f"{where}: label is longer than 200 characters", detail)
+        # Optional: who or what the example is about (a dialect, a region, a product line);
+        # the model card reports macro-F1 per group and the largest gap (adapters/card.py).
+        group = item.get("group")
+        if group is not None and (not isinstance(group, str) or not group.strip() or len(group) > 200):
+            raise InvalidInput(f"{where}: group, when given, must be a non-empty string of at most 200 characters",
+                               detail)
         # An image is decoded later, by the worker: `at` lets it name the example as here.
-        clean.append({field: value, "label": label, **({"at": where} if field == "image" else {})})
+        clean.append({field: value, "label": label, **({"group": group} if group is not None else {}),
+                      **({"at": where} if field == "image" else {})})
     counts = Counter(e["label"] for e in clean)
     if len(counts) < 2:
         raise InvalidInput(f"fine-tuning needs at least 2 classes; got {len(counts)}", {"classes": dict(counts)})

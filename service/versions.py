@@ -6,9 +6,11 @@ within a registry poll.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import numpy as np
 
+from adapters import card as cards
 from adapters import format as adapter_format
 from adapters import zero_shot
 from adapters.jobs import JobQueue
@@ -57,8 +59,21 @@ class Versions:
     async def list_versions(self, tenant: str, adapter: str) -> list[VersionInfo]:
         return await asyncio.to_thread(self.registry.list_versions, tenant, adapter)
 
-    async def promote(self, tenant: str, adapter: str, version: int) -> int:
-        v = await asyncio.to_thread(self.registry.promote, tenant, adapter, version)
+    async def card(self, tenant: str, adapter: str, version: int) -> dict[str, Any]:
+        """The version's model card (adapters/card.py); NotFound for a version it does not have."""
+        versions = await asyncio.to_thread(self.registry.list_versions, tenant, adapter)
+        found = next((v for v in versions if v.version == version), None)
+        if found is None:
+            raise NotFound(f"adapter {adapter!r} of tenant {tenant!r} has no version {version}")
+        card = cards.build(tenant, adapter, version, found.config, active=found.active, created_at=found.created_at)
+        if card["backbone"]["licence"] is None:  # a version made without a job (zero-shot): the loaded backbone's
+            loaded = self.inference.backbones.get(found.config.backbone)
+            card["backbone"]["licence"] = loaded.licence if loaded is not None else None
+        return card
+
+    async def promote(self, tenant: str, adapter: str, version: int, *, allow_dropped_labels: bool = False) -> int:
+        v = await asyncio.to_thread(self.registry.promote, tenant, adapter, version,
+                                    allow_dropped_labels=allow_dropped_labels)
         await self.cache.refresh()  # this replica serves it at once; others within a poll
         return v
 

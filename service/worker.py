@@ -146,7 +146,8 @@ class Worker:
             try:
                 self._backbones[backbone_id] = load_backbone(
                     name, s.home, precision=s.precision, provider=s.provider,
-                    intra_op_threads=s.train_threads, image_limits=s.image_limits(), split_layers=s.split_layers)
+                    intra_op_threads=s.train_threads, image_limits=s.image_limits(), split_layers=s.split_layers,
+                    image_split_blocks=s.image_split_blocks)
             except Exception as e:
                 log.exception("backbone %s cannot be loaded", name)
                 raise TrainingError("backbone_unavailable",

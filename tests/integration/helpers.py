@@ -31,3 +31,15 @@ def new_tenant(admin: httpx.Client, prefix: str = "t") -> tuple[str, str]:
     r = admin.post("/v1/tenants", json={"tenant": tenant})
     assert r.status_code == 201, r.text
     return tenant, r.json()["api_key"]
+
+
+def held_out_accuracy(client: httpx.Client, tenant: str, adapter: str,
+                      held_out: list[tuple[str, str]]) -> tuple[float, list[dict]]:
+    """The adapter's accuracy on (text, label) pairs over /v1/predict, and its predictions."""
+    predictions: list[dict] = []
+    for i in range(0, len(held_out), 40):  # the test server takes 64 items a request
+        r = client.post("/v1/predict", json={"tenant": tenant, "adapter": adapter,
+                                             "inputs": [t for t, _ in held_out[i : i + 40]]})
+        assert r.status_code == 200, r.text
+        predictions += r.json()["predictions"]
+    return sum(p["label"] == label for p, (_, label) in zip(predictions, held_out)) / len(held_out), predictions

@@ -25,7 +25,7 @@ from tests.integration.server import ADMIN_KEY, bearer, free_port
 GRAFT = Path(sys.executable).with_name("graft")  # the console script pyproject installs
 TRAIN, HELD_OUT = split()
 LABELS = ["team-1", "team-2", "team-3"]
-WEAK = {"epochs": 1, "lr": 1e-6}  # a head that barely moves from its random start: never beats a trained one
+WEAK = {"method": "head", "epochs": 1, "lr": 1e-6}  # a head that barely moves from its random start: never beats a trained one
 SLOW = {"epochs": 1000, "patience": 1000, "batch_size": 1}  # far longer than any test waits
 
 
@@ -106,7 +106,8 @@ def test_cli_end_to_end(server, tmp_path):
 
     data = write_jsonl(tmp_path / "tickets.jsonl", TRAIN)
     r = graft_cli(server.url, "finetune", str(data), "--tenant", tenant, "--adapter", "support",
-                  "--epochs", "60", "--params", '{"seed": 1, "epochs": 5}', "--wait", "--poll", "0.2", key=key)
+                  "--method", "head", "--epochs", "60", "--params", '{"seed": 1, "epochs": 5}', "--wait", "--poll", "0.2",
+                  key=key)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "30 examples, 3 classes" in r.stderr and "val macro-F1" in r.stderr and "(best so far)" in r.stderr
     assert "evaluation of" in r.stdout and "zero-shot" in r.stdout and "active version 1" in r.stdout

@@ -20,13 +20,7 @@ TRAIN, HELD_OUT = xor_split()
 
 
 def accuracy(client, tenant: str, adapter: str) -> tuple[float, list[dict]]:
-    predictions = []
-    for i in range(0, len(HELD_OUT), 40):  # the test server takes 64 items a request
-        r = client.post("/v1/predict", json={"tenant": tenant, "adapter": adapter,
-                                             "inputs": [t for t, _ in HELD_OUT[i : i + 40]]})
-        assert r.status_code == 200, r.text
-        predictions += r.json()["predictions"]
-    return sum(p["label"] == label for p, (_, label) in zip(predictions, HELD_OUT)) / len(HELD_OUT), predictions
+    return helpers.held_out_accuracy(client, tenant, adapter, HELD_OUT)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +31,7 @@ def trained(client):
     # 8 epochs: on 160 short examples the default 4 leaves LoRA near its threshold here.
     # Unfreeze: one layer (GRAFT_MAX_UNFREEZE_BYTES here), the small set's learning rate
     # (adapters/deep.py UnfreezeParams).
-    for adapter, params in (("head", {}), ("lora", {"method": "lora", "epochs": 8}),
+    for adapter, params in (("head", {"method": "head"}), ("lora", {"method": "lora", "epochs": 8}),
                             ("unfreeze", {"method": "unfreeze", "unfreeze_layers": 1, "lr": 3e-4, "epochs": 6})):
         r = client.post("/v1/finetune", json={"tenant": tenant, "adapter": adapter, "examples": TRAIN,
                                               "params": params})
@@ -53,7 +47,9 @@ def test_readyz_says_which_backbones_take_deep_adapters(client):
     deep = backbones["minilm-l6"]["deep_adapters"]
     assert {k: deep[k] for k in ("methods", "layers", "split")} == {"methods": ["lora", "unfreeze"], "layers": 2,
                                                                       "split": 4}
-    assert "deep_adapters" not in backbones["efficientnet-lite0"]
+    image = backbones["efficientnet-lite0"]["deep_adapters"]  # tests/integration/test_image_deep.py
+    assert {k: image[k] for k in ("methods", "layers", "split", "unit")} == {"methods": ["unfreeze"], "layers": 5,
+                                                                            "split": 11, "unit": "block"}
 
 
 def test_a_lora_fine_tune_beats_a_head_where_a_head_cannot_learn(client, trained):
@@ -148,7 +144,7 @@ def test_unfreeze_over_grpc(server, trained):
     ({"method": "lora", "lora_targets": ["query", "gate"]}, None, "lora_targets"),
     ({"method": "lora", "lora_targets": []}, None, "lora_targets"),
     ({"method": "lora"}, "efficientnet-lite0", "an image backbone: use method head"),
-    ({"method": "unfreeze"}, "efficientnet-lite0", "method unfreeze needs a text backbone split"),
+    ({"method": "lora"}, "efficientnet-lite0", "use method head or unfreeze (LoRA on convolutions is not offered)"),
     ({"method": "unfreeze", "unfreeze_layers": 3}, None, "unfreezes at most its top 2 layers"),
     ({"method": "unfreeze", "unfreeze_layers": 0}, None, "unfreeze_layers"),
     # Two MiniLM layers (14.2 MB) exceed the test server's GRAFT_MAX_UNFREEZE_BYTES (10 MB).

@@ -51,13 +51,16 @@ def test_job_trains_serves_and_beats_zero_shot(client):
     kinds = [e["kind"] for e in client.get(f"/v1/jobs/{job['job_id']}/events").json()["events"]]
     assert kinds[:4] == ["queued", "started", "validation", "split"]
     assert "epoch" in kinds and kinds.index("evaluation") < kinds.index("promotion") < kinds.index("succeeded")
+    assert "candidate" in kinds and kinds.index("chosen") < kinds.index("evaluation")  # no method: auto
     (v,) = client.get(f"/v1/tenants/{tenant}/adapters/reviews/versions").json()["versions"]
+    # Meaning decides these tickets: auto keeps a head on the vectors (lexical cannot generalise).
+    assert v["training"]["method"] == "auto" and v["training"]["chosen"] == "head" and v["method"] == "head"
     assert v["training"]["params"]["standardize"] is False  # the text default
-    assert v["metrics"]["macro_f1"] == metrics["macro_f1"] and v["training"]["method"] == "fine-tune"
+    assert v["metrics"]["macro_f1"] == metrics["macro_f1"] and v["metrics"]["split"] == "test"
     assert [j["job_id"] for j in client.get(f"/v1/tenants/{tenant}/jobs").json()["jobs"]] == [job["job_id"]]
 
 
-WEAK = {"epochs": 1, "lr": 1e-6}  # a head that barely moves from its random start: near chance
+WEAK = {"method": "head", "epochs": 1, "lr": 1e-6}  # a head that barely moves from its random start: near chance
 
 
 def _finetune(client, tenant: str, params: dict) -> tuple[dict, dict]:
@@ -75,7 +78,7 @@ def test_a_better_version_is_promoted_and_a_worse_one_is_not(client):
     weak, first = _finetune(client, tenant, WEAK)
     assert (weak["version"], weak["promoted"], first["decision"]) == (1, True, "promote")  # nothing served before
 
-    strong, second = _finetune(client, tenant, {})
+    strong, second = _finetune(client, tenant, {"method": "head"})
     active = strong["metrics"]["baselines"]["active"]
     assert active["version"] == 1 and strong["metrics"]["macro_f1"] >= active["macro_f1"] + 0.2, strong["metrics"]
     assert (strong["version"], strong["promoted"], second["decision"]) == (2, True, "promote"), second

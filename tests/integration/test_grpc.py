@@ -188,7 +188,10 @@ def test_adapter_lifecycle_over_grpc(stub, http, server):
     assert [json.loads(v.training_json) for v in listing.versions] == [v["training"] for v in h["versions"]]
     assert json.loads(listing.versions[0].training_json)["method"] == "zero-shot"
 
-    assert stub.Promote(pb.PromoteRequest(tenant=tenant, adapter="a", version=v2)).active_version == v2
+    refused = partial(stub.Promote, pb.PromoteRequest(tenant=tenant, adapter="a", version=v2))
+    assert code_of(refused) == C.FAILED_PRECONDITION  # v2 drops refund and shipping: it needs saying so
+    promoted = stub.Promote(pb.PromoteRequest(tenant=tenant, adapter="a", version=v2, allow_dropped_labels=True))
+    assert promoted.active_version == v2
     assert stub.Predict(pb.PredictRequest(tenant=tenant, adapter="a", inputs=["turn left"])).version == v2
     rolled = stub.Rollback(pb.RollbackRequest(tenant=tenant, adapter="a"))
     assert (rolled.tenant, rolled.adapter, rolled.active_version) == (tenant, "a", 1)

@@ -56,7 +56,13 @@ def test_promote_rollback_delete(client, server):
     client.post("/v1/adapters", json={"tenant": tenant, "adapter": "a", "labels": LABELS})
     v2 = add_zero_shot_version(client, server.database_url, tenant, "a", ["left", "right"], ["left", "right"])
     base = f"/v1/tenants/{tenant}/adapters/a"
-    assert client.post(f"{base}/promote", json={"version": v2}).json()["active_version"] == v2
+    # v2 serves none of v1's labels: promoting it needs saying so (issue 16: label changes are never silent)
+    refused = client.post(f"{base}/promote", json={"version": v2})
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["details"] == {"version": v2, "active_version": 1, "dropped": LABELS}
+    assert "allow_dropped_labels" in refused.json()["error"]["message"]
+    r = client.post(f"{base}/promote", json={"version": v2, "allow_dropped_labels": True})
+    assert r.json()["active_version"] == v2, r.text
     r = client.post("/v1/predict", json={"tenant": tenant, "adapter": "a", "inputs": ["turn left"]})
     assert (r.json()["version"], r.json()["predictions"][0]["label"]) == (v2, "left")
     assert client.post(f"{base}/rollback").json()["active_version"] == 1
@@ -140,7 +146,7 @@ def test_hot_swaps_under_load_never_fail_a_request(client, server):
         if i % 3 == 2:
             r = client.post(f"{base}/rollback")
         else:
-            r = client.post(f"{base}/promote", json={"version": versions[i % len(versions)]})
+            r = client.post(f"{base}/promote", json={"version": versions[i % len(versions)], "allow_dropped_labels": True})
         assert r.status_code in (200, 409), r.text
         time.sleep(0.02)
     stop.set()

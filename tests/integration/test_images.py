@@ -176,7 +176,7 @@ def _zip(pairs) -> bytes:
 def test_zip_upload_with_augmentation(client):
     tenant, _ = helpers.new_tenant(client, "img")
     r = client.post("/v1/finetune", data={"tenant": tenant, "adapter": "zipped", "backbone": IMAGE,
-                                          "params": '{"augment": 2, "epochs": 30}'},
+                                          "params": '{"method": "head", "augment": 2, "epochs": 30}'},
                     files={"file": ("train.zip", _zip(TRAIN), "application/zip")})
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job_id"])

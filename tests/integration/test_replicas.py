@@ -44,7 +44,8 @@ def test_promote_on_one_replica_serves_on_the_other_within_2s(replicas):
 
     assert version_on_two() == 1  # replica 2 loads it from the shared registry
     v2 = add_zero_shot_version(one, replicas[0].database_url, "shared", "a", ["up", "down"], ["up", "down"])
-    assert one.post("/v1/tenants/shared/adapters/a/promote", json={"version": v2}).status_code == 200
+    assert one.post("/v1/tenants/shared/adapters/a/promote",
+                    json={"version": v2, "allow_dropped_labels": True}).status_code == 200
     assert wait_for(lambda: version_on_two() == v2, timeout=2.0) < 2.0
 
     assert one.post("/v1/tenants/shared/adapters/a/rollback").status_code == 200

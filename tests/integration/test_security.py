@@ -166,7 +166,8 @@ def test_tampered_version_is_refused_and_the_previous_keeps_serving(server, admi
     engine.dispose()
     with server.client(key) as c:
         assert c.post("/v1/predict", json={"tenant": tenant, "adapter": "t", "inputs": ["x"]}).json()["version"] == 1
-        assert c.post(f"/v1/tenants/{tenant}/adapters/t/promote", json={"version": v2}).status_code == 200
+        assert c.post(f"/v1/tenants/{tenant}/adapters/t/promote",
+                      json={"version": v2, "allow_dropped_labels": True}).status_code == 200
         for _ in range(3):
             r = c.post("/v1/predict", json={"tenant": tenant, "adapter": "t", "inputs": ["x"]})
             assert r.status_code == 200 and r.json()["version"] == 1
@@ -195,7 +196,8 @@ def test_a_consistently_forged_version_is_refused(server, admin):
             config=forged_config.to_json().decode(), weights=forged_weights, sha256=forged_config.weights_sha256))
     engine.dispose()
     with server.client(key) as c:
-        assert c.post(f"/v1/tenants/{tenant}/adapters/f/promote", json={"version": v2}).status_code == 200
+        assert c.post(f"/v1/tenants/{tenant}/adapters/f/promote",
+                      json={"version": v2, "allow_dropped_labels": True}).status_code == 200
         for _ in range(3):
             r = c.post("/v1/predict", json={"tenant": tenant, "adapter": "f", "inputs": ["x"]})
             assert r.status_code == 200 and r.json()["version"] == 1

@@ -24,6 +24,8 @@ TWINS: dict[Operation, str] = {
     ("POST", "/v1/tenants/{tenant}/adapters/{adapter}/promote"): "Promote",
     ("POST", "/v1/tenants/{tenant}/adapters/{adapter}/rollback"): "Rollback",
     ("DELETE", "/v1/tenants/{tenant}/adapters/{adapter}"): "DeleteAdapter",
+    ("GET", "/v1/tenants/{tenant}/adapters/{adapter}/versions/{version}/card"): "GetVersionCard",
+    ("GET", "/v1/tenants/{tenant}/adapters/{adapter}/versions/{version}/card.png"): "GetVersionCardImage",
     ("POST", "/v1/finetune"): "FineTune",
     ("GET", "/v1/jobs/{job_id}"): "GetJob",
     ("GET", "/v1/jobs/{job_id}/events"): "GetJobEvents",

@@ -83,17 +83,19 @@ class PredictResponse(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., backbone: _Optional[str] = ..., predictions: _Optional[_Iterable[_Union[ItemPrediction, _Mapping]]] = ...) -> None: ...
 
 class Example(_message.Message):
-    __slots__ = ("text", "label", "image")
+    __slots__ = ("text", "label", "image", "group")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     text: str
     label: str
     image: bytes
-    def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
+    group: str
+    def __init__(self, text: _Optional[str] = ..., label: _Optional[str] = ..., image: _Optional[bytes] = ..., group: _Optional[str] = ...) -> None: ...
 
 class FineTuneParams(_message.Message):
-    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay", "gradual_unfreeze", "unfreeze_layers")
+    __slots__ = ("head", "hidden", "epochs", "batch_size", "lr", "weight_decay", "dropout", "warmup_fraction", "patience", "val_fraction", "seed", "continual", "augment", "standardize", "keep_examples", "method", "lora_rank", "lora_alpha", "lora_layers", "lora_targets", "layer_decay", "gradual_unfreeze", "unfreeze_layers", "allow_dropped_labels", "time_budget_s")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,8 @@ class FineTuneParams(_message.Message):
     LAYER_DECAY_FIELD_NUMBER: _ClassVar[int]
     GRADUAL_UNFREEZE_FIELD_NUMBER: _ClassVar[int]
     UNFREEZE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DROPPED_LABELS_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_S_FIELD_NUMBER: _ClassVar[int]
     head: str
     hidden: int
     epochs: int
@@ -140,7 +144,9 @@ class FineTuneParams(_message.Message):
     layer_decay: float
     gradual_unfreeze: bool
     unfreeze_layers: int
-    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ..., gradual_unfreeze: _Optional[bool] = ..., unfreeze_layers: _Optional[int] = ...) -> None: ...
+    allow_dropped_labels: bool
+    time_budget_s: float
+    def __init__(self, head: _Optional[str] = ..., hidden: _Optional[int] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., dropout: _Optional[float] = ..., warmup_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., val_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., continual: _Optional[bool] = ..., augment: _Optional[int] = ..., standardize: _Optional[bool] = ..., keep_examples: _Optional[bool] = ..., method: _Optional[str] = ..., lora_rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., lora_layers: _Optional[int] = ..., lora_targets: _Optional[_Iterable[str]] = ..., layer_decay: _Optional[float] = ..., gradual_unfreeze: _Optional[bool] = ..., unfreeze_layers: _Optional[int] = ..., allow_dropped_labels: _Optional[bool] = ..., time_budget_s: _Optional[float] = ...) -> None: ...
 
 class FineTuneRequest(_message.Message):
     __slots__ = ("tenant", "adapter", "backbone", "examples", "params")
@@ -227,14 +233,16 @@ class ListAdaptersResponse(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., adapters: _Optional[_Iterable[_Union[AdapterSummary, _Mapping]]] = ...) -> None: ...
 
 class PromoteRequest(_message.Message):
-    __slots__ = ("tenant", "adapter", "version")
+    __slots__ = ("tenant", "adapter", "version", "allow_dropped_labels")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DROPPED_LABELS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     adapter: str
     version: int
-    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    allow_dropped_labels: bool
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., allow_dropped_labels: _Optional[bool] = ...) -> None: ...
 
 class PromoteResponse(_message.Message):
     __slots__ = ("tenant", "adapter", "active_version")
@@ -483,3 +491,29 @@ class RevokeKeyRequest(_message.Message):
     tenant: str
     key_id: str
     def __init__(self, tenant: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class GetVersionCardRequest(_message.Message):
+    __slots__ = ("tenant", "adapter", "version", "format")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    adapter: str
+    version: int
+    format: str
+    def __init__(self, tenant: _Optional[str] = ..., adapter: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[str] = ...) -> None: ...
+
+class VersionCard(_message.Message):
+    __slots__ = ("card_json", "markdown")
+    CARD_JSON_FIELD_NUMBER: _ClassVar[int]
+    MARKDOWN_FIELD_NUMBER: _ClassVar[int]
+    card_json: str
+    markdown: str
+    def __init__(self, card_json: _Optional[str] = ..., markdown: _Optional[str] = ...) -> None: ...
+
+class VersionCardImage(_message.Message):
+    __slots__ = ("png",)
+    PNG_FIELD_NUMBER: _ClassVar[int]
+    png: bytes
+    def __init__(self, png: _Optional[bytes] = ...) -> None: ...

@@ -99,6 +99,16 @@ class GraftStub:
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.SerializeToString,
                 response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.FromString,
                 _registered_method=True)
+        self.GetVersionCard = channel.unary_unary(
+                '/graft.v1.Graft/GetVersionCard',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCard.FromString,
+                _registered_method=True)
+        self.GetVersionCardImage = channel.unary_unary(
+                '/graft.v1.Graft/GetVersionCardImage',
+                request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.SerializeToString,
+                response_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCardImage.FromString,
+                _registered_method=True)
         self.CreateTenant = channel.unary_unary(
                 '/graft.v1.Graft/CreateTenant',
                 request_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.CreateTenantRequest.SerializeToString,
@@ -223,6 +233,20 @@ class GraftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVersionCard(self, request, context):
+        """GET .../versions/{version}/card
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVersionCardImage(self, request, context):
+        """GET .../versions/{version}/card.png
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateTenant(self, request, context):
         """tenants and keys (admin key only; a tenant's key gets NOT_FOUND, as HTTP's 404)
         POST /v1/tenants
@@ -326,6 +350,16 @@ def add_GraftServicer_to_server(servicer, server):
                     servicer.DeleteAdapter,
                     request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.FromString,
                     response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.SerializeToString,
+            ),
+            'GetVersionCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersionCard,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCard.SerializeToString,
+            ),
+            'GetVersionCardImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersionCardImage,
+                    request_deserializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.FromString,
+                    response_serializer=service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCardImage.SerializeToString,
             ),
             'CreateTenant': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTenant,
@@ -704,6 +738,60 @@ class Graft:
             '/graft.v1.Graft/DeleteAdapter',
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterRequest.SerializeToString,
             service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.DeleteAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersionCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/GetVersionCard',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCard.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersionCardImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/graft.v1.Graft/GetVersionCardImage',
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.GetVersionCardRequest.SerializeToString,
+            service_dot_proto_dot_graft_dot_v1_dot_graft__pb2.VersionCardImage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,395 @@
+"""AutoTL (`params.method: "auto"`, the default): the service tries the adaptations that fit
+the tenant's data and time budget, keeps the one that wins on held-out data, and says why.
+
+Honest selection. The examples are split once, stratified, into train / validation / test
+(`split`). Every candidate trains on train; early stopping, the choice between candidates
+and the temperature see the validation split only. The test split is opened once, after
+the choice: the chosen candidate's evaluation, the baselines and the promotion guard
+against the active version (evaluated on the same test rows) are all measured there, so
+the guard no longer favours the new version for having been tuned on the split it is
+judged on. Sets too small for three splits (a class with fewer than `MIN_TEST_PER_CLASS`
+examples) are split train / validation only: selection and the guard then share the
+validation split, and the metrics and card say so (`split: "validation"`, `test_note`).
+
+Candidates, cheap first (`plan`): text backbones: a linear head on the frozen vectors,
+lexical (TF-IDF n-grams from scratch), hybrid (n-grams and the vector), LoRA on the top
+layers when the backbone is split (GRAFT_SPLIT_LAYERS > 0) and the set has
+`LORA_MIN_EXAMPLES` or more examples, and last an MLP head from `MLP_MIN_EXAMPLES` (its
+early-stopped validation score was optimistic on reviews); image backbones: a head, a head on augmented copies,
+and unfreeze when the image backbone is split. `params.time_budget_s` bounds the job: a
+candidate whose estimated time (`estimate`: examples x a measured rate, scaled by how fast
+this machine ran the candidates so far, median) would end past the budget is skipped and said so;
+the first candidate always runs, and one that runs past the budget is stopped at its next
+epoch and dropped (so the budget holds to about one epoch). The winner is not refit on train + validation: whether
+that helps was not measured yet, and a refit has no held-out split left to pick its epoch
+count or temperature on (the served version is the one validated and tested).
+
+Events: `candidate` (each one tried: validation macro-F1, seconds), `candidate_skipped`,
+`chosen` (which and why); then the usual `calibration` and `evaluation` (with its split).
+The model card's `candidates` lists every candidate, tried or skipped.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from adapters import calibration, zero_shot
+from adapters import card as cards
+from adapters.evaluation import evaluate, stratified_split
+from adapters.format import Adapter, AdapterConfig, deep_tensors, encode
+from adapters.lexical import LexicalParams, train_lexical
+from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
+
+DEFAULT_BUDGET_S = 120.0
+MIN_TEST_PER_CLASS = 10  # fewer in a class: no test split (train / validation only)
+TEST_FRACTION = 0.2
+# LoRA is tried from this many examples on: below it, on Rotten Tomatoes, LoRA did not beat
+# the cheap candidates on validation (docs/BENCHMARKS.md, AutoTL) and costs ~10x their time.
+LORA_MIN_EXAMPLES = 400
+# The MLP head's validation score is the best of up to 100 early-stopping epochs: on 400 and
+# 1,000 reviews it led validation by 1-3 points and trailed on test by 3-6 (won the choice,
+# lost 2.8 points: BENCHMARKS, AutoTL). Kept for large sets only, where that was not measured.
+MLP_MIN_EXAMPLES = 5000
+IMAGE_AUGMENT = 2  # copies per training image for the "head, augmented" candidate (unless params.augment)
+# Seconds per 1,000 training examples of each candidate on the reference machine (2 cores,
+# AVX-512; bench_deep, bench_lexical, bench_autotl), and a fixed part. LoRA and unfreeze
+# include computing the lower graph's hidden states.
+RATE_S = {"head": 3.0, "head-mlp": 14.0, "lexical": 1.5, "hybrid": 1.5, "lora": 60.0,
+          "head-augmented": 25.0, "unfreeze": 80.0}
+FIXED_S = 0.5
+
+
+@dataclass
+class Candidate:
+    """One trained candidate: its validation score, and what it needs to become a version."""
+
+    name: str
+    method: str  # AdapterConfig.method
+    head: str
+    score: float  # validation macro-F1
+    seconds: float
+    val_logits: np.ndarray
+    tensors: dict[str, np.ndarray]
+    logits: Callable[[np.ndarray], np.ndarray]  # example rows (indices) -> logits, as it will serve
+    config: dict[str, Any] = field(default_factory=dict)  # extra AdapterConfig fields (lexical, lora, ...)
+    training: dict[str, Any] = field(default_factory=dict)
+    curves: list[dict[str, Any]] = field(default_factory=list)
+
+
+def split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Train, validation and test indices, stratified; test None when a class has fewer than
+    MIN_TEST_PER_CLASS examples (then train / validation as the single methods split)."""
+    if np.bincount(y).min() < MIN_TEST_PER_CLASS:
+        train, val = stratified_split(y, val_fraction, seed)
+        return train, val, None
+    rest, test = stratified_split(y, TEST_FRACTION, seed)
+    tr, va = stratified_split(y[rest], val_fraction / (1 - TEST_FRACTION), seed + 1)
+    return np.sort(rest[tr]), np.sort(rest[va]), test
+
+
+def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any]) -> list[str]:
+    """The candidates for this backbone and set, cheap first."""
+    if kind == "image":
+        return ["head", "head-augmented"] + (["unfreeze"] if split_shape is not None else [])
+    names = ["head", "lexical", "hybrid"]
+    if split_shape is not None and n >= LORA_MIN_EXAMPLES:
+        names.append("lora")
+    # Last, and for large sets only (MLP_MIN_EXAMPLES).
+    return names + (["head-mlp"] if n >= MLP_MIN_EXAMPLES else [])
+
+
+def estimate(name: str, n_train: int, speed: float) -> float:
+    """Seconds the candidate should take here: the reference rate x examples x this machine's speed."""
+    return (FIXED_S + RATE_S[name] * n_train / 1000) * speed
+
+
+class _Job:
+    """What every candidate reads: the examples, their vectors, the splits."""
+
+    def __init__(self, backbone: Any, params: dict[str, Any], keys: list[str], x: np.ndarray, y: np.ndarray,
+                 labels: list[str], train: np.ndarray, val: np.ndarray, report: Any, cache: Any,
+                 where: dict[str, str], init: dict[str, np.ndarray] | None, init_head: str | None,
+                 max_unfreeze_bytes: int | None) -> None:
+        self.backbone, self.params, self.keys, self.x, self.y, self.labels = backbone, params, keys, x, y, labels
+        self.train, self.val, self.report, self.cache, self.where = train, val, report, cache, where
+        self.init, self.init_head, self.max_unfreeze_bytes = init, init_head, max_unfreeze_bytes
+        self.deadline = float("inf")  # the first candidate always finishes; then the job's budget
+
+    def texts(self, rows: np.ndarray) -> list[str]:
+        return [self.keys[i] for i in rows]
+
+    def on_epoch(self, name: str, curves: list[dict[str, Any]]) -> Callable[[EpochReport], bool]:
+        def on_epoch(r: EpochReport) -> bool:
+            point = {"epoch": r.epoch, "train_loss": round(r.train_loss, 5), "val_loss": round(r.val_loss, 5),
+                     "val_macro_f1": round(r.val_macro_f1, 4)}
+            curves.append(point)
+            self.report.event("epoch", {**point, "candidate": name})
+            # Past the budget, a candidate stops at its epoch's end (train_auto drops it).
+            return self.report.cancelled() or time.perf_counter() > self.deadline
+        return on_epoch
+
+
+def _head(job: _Job, name: str) -> Candidate:
+    from adapters.pipeline import TRAIN_FIELDS, augmented
+
+    b = job.backbone
+    settings = {k: v for k, v in job.params.items() if v is not None and k in TRAIN_FIELDS}
+    head = "mlp" if name == "head-mlp" else "linear"
+    copies = int(job.params.get("augment") or IMAGE_AUGMENT) if name == "head-augmented" else 0
+    p = TrainParams(**{"standardize": b.kind == "image", **settings, "head": head, "augment": copies})
+    x_train, y_train = job.x[job.train], job.y[job.train]
+    if copies:
+        x_aug, y_aug = augmented(b, job.texts(job.train), y_train, p, job.report)
+        x_train, y_train = np.concatenate([x_train, x_aug]), np.concatenate([y_train, y_aug])
+        job.report.event("augmentation", {"copies": copies, "train": len(y_train), "candidate": name})
+    curves: list[dict[str, Any]] = []
+    init = job.init if job.init_head == head else None
+    trained = train_head(x_train, y_train, job.x[job.val], job.y[job.val], job.labels, p, init=init,
+                         on_epoch=job.on_epoch(name, curves))
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=b.dim, head=head, labels=job.labels),
+                    trained.tensors)
+    return Candidate(name, "head", head, 0.0, 0.0, probe.logits(job.x[job.val]), trained.tensors,
+                     lambda rows: probe.logits(job.x[rows]),
+                     training={"params": p.as_dict(), "epochs_run": trained.epochs_run,
+                               "best_epoch": trained.best_epoch,
+                               "continual_from": "active" if init is not None else None},
+                     curves=curves)
+
+
+def _lexical(job: _Job, name: str) -> Candidate:
+    b = job.backbone
+    trained = train_lexical(name, job.texts(job.train), job.y[job.train], job.labels,
+                            LexicalParams(seed=int(job.params.get("seed") or 0)),
+                            embeddings=job.x[job.train] if name == "hybrid" else None, report=job.report.event)
+    tensors = trained.model.tensors()
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=b.dim, head="linear", labels=job.labels,
+                                  method=name, lexical=trained.settings), tensors)  # as it will serve
+    logits = lambda rows: probe.logits(job.x[rows], job.texts(rows))  # noqa: E731
+    return Candidate(name, name, "linear", 0.0, 0.0, logits(job.val), tensors, logits,
+                     config={"method": name, "lexical": trained.settings}, training=dict(trained.summary))
+
+
+def _deep_candidate(job: _Job, name: str) -> Candidate:
+    """LoRA (text) or unfreeze (images) on the split backbone's hidden states, as
+    adapters/pipeline.py `_train_deep` trains them, evaluated through the serving graphs."""
+    from adapters.deep import LoraParams, train_lora, train_unfreeze
+    from adapters.pipeline import _items, hidden_cached, lora_params, unfreeze_params
+    from models.split import TARGET_NAMES
+
+    b, shape = job.backbone, job.backbone.split_shape
+    p = lora_params(job.params, shape) if name == "lora" else unfreeze_params(job.params, shape,
+                                                                              job.max_unfreeze_bytes)
+    rows = np.concatenate([job.train, job.val])
+    states, _ = hidden_cached(b, job.texts(rows), job.cache, job.report, where=job.where)
+    by_row = dict(zip(rows.tolist(), states))
+    h_train, h_val = [by_row[i] for i in job.train], [by_row[i] for i in job.val]
+    curves: list[dict[str, Any]] = []
+    fit = train_lora if isinstance(p, LoraParams) else train_unfreeze
+    trained = fit(b.upper_module(), shape, h_train, job.y[job.train], h_val, job.y[job.val], job.labels, p,
+                  on_epoch=job.on_epoch(name, curves))
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=b.dim, head="linear", labels=job.labels),
+                    trained.head)
+
+    def logits(rows: np.ndarray) -> np.ndarray:  # through the serving upper graph
+        items = _items(b, job.texts(rows), job.where)
+        return probe.logits(b.embed_deep(items, [trained.weights] * len(items)).vectors)
+
+    if isinstance(p, LoraParams):
+        recipe = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
+                  "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
+        config = {"method": "lora", "lora": recipe}
+    else:
+        recipe = shape.unfreeze_recipe(p.layers)
+        config = {"method": "unfreeze", "unfreeze": recipe}
+    return Candidate(name, name, "linear", 0.0, 0.0, logits(job.val), {**trained.head, **deep_tensors(trained.weights)},
+                     logits, config=config,
+                     training={"params": {**asdict(p), **({"targets": recipe["targets"]} if name == "lora" else {})},
+                               "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch},
+                     curves=curves)
+
+
+TRAINERS: dict[str, Callable[[_Job, str], Candidate]] = {
+    "head": _head, "head-mlp": _head, "head-augmented": _head, "lexical": _lexical, "hybrid": _lexical,
+    "lora": _deep_candidate, "unfreeze": _deep_candidate,
+}
+
+
+def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, Any], *, active: Adapter | None,
+               cache: Any, report: Any, promote_margin: float, job_id: str = "",
+               max_unfreeze_bytes: int | None = None,
+               on_candidate: Callable[[Candidate], None] | None = None) -> Any:
+    """Train every candidate that fits the budget, choose on validation, evaluate the choice
+    once on test, and return the pipeline's Outcome. `on_candidate` sees each trained
+    candidate (the bench evaluates them all on its own test reviews)."""
+    from adapters.pipeline import InvalidParams, Outcome, _predict, class_means, embed_cached
+
+    started = time.perf_counter()
+    budget = float(params.get("time_budget_s") or DEFAULT_BUDGET_S)
+    seed = int(params.get("seed") or 0)
+    val_fraction = float(params.get("val_fraction") or 0.2)
+    keys = [e["text"] if "text" in e else e["image"] for e in examples]
+    names = [e["label"] for e in examples]
+    labels = sorted(set(names))
+    y = np.array([labels.index(n) for n in names])
+    data = cards.data_summary(examples, labels)
+    report.event("validation", {"examples": len(keys), "classes": len(labels),
+                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
+                                "duplicates": data["duplicates"], "label_conflicts": data["label_conflicts"]["items"]})
+    where: dict[str, str] = {}
+    for i, (k, e) in enumerate(zip(keys, examples)):
+        where.setdefault(k, e.get("at", f"examples[{i}]"))
+    train, val, test = split(y, val_fraction, seed)
+    note = None if test is not None else (
+        f"no test split: a class has fewer than {MIN_TEST_PER_CLASS} examples, so candidates, calibration and the "
+        "promotion guard all use the validation split")
+    report.event("split", {"train": len(train), "validation": len(val), "test": 0 if test is None else len(test),
+                           "seed": seed, **({"note": note} if note else {})})
+    x = embed_cached(backbone, keys, cache, report, where)
+    # Baselines' heads: label names embedded (text) or class prototypes (images).
+    if backbone.kind == "text":
+        reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+    else:
+        reference, label_rows = "prototype", class_means(x[train], y[train], len(labels))
+    _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
+    init, init_head = None, None
+    if params.get("continual") and active is not None and active.config.method == "head":
+        init_head = active.config.head
+        init = continual_init(init_head, labels, active.labels, active.config.head, active.tensors,
+                              zs_tensors["weight"])
+    job = _Job(backbone, params, keys, x, y, labels, train, val, report, cache, where, init, init_head,
+               max_unfreeze_bytes)
+
+    # -- the candidates, cheap first, within the budget --------------------------------
+    planned = plan(backbone.kind, backbone.split_shape, len(keys), params)
+    tried: list[Candidate] = []
+    record: list[dict[str, Any]] = []
+    speed, ratios = 1.0, []
+    for k, name in enumerate(planned):
+        elapsed = time.perf_counter() - started
+        guess = estimate(name, len(train), speed)
+        if tried and elapsed + guess > budget:
+            why = (f"time budget: {elapsed:.1f} s spent, about {guess:.1f} s more needed, "
+                   f"time_budget_s {budget:g}")
+            report.event("candidate_skipped", {"candidate": name, "reason": why, "estimate_s": round(guess, 2)})
+            record.append({"candidate": name, "skipped": why, "estimate_s": round(guess, 2)})
+            continue
+        if report.cancelled():
+            raise Cancelled()
+        t0 = time.perf_counter()
+        try:
+            c = TRAINERS[name](job, name)
+        except (InvalidParams, ValueError) as e:  # this candidate cannot train on this set or backbone
+            report.event("candidate_skipped", {"candidate": name, "reason": str(e)})
+            record.append({"candidate": name, "skipped": str(e)})
+            continue
+        except Cancelled:
+            if report.cancelled():
+                raise
+            why = (f"time budget: stopped during training at {time.perf_counter() - started:.1f} s "
+                   f"(estimated {guess:.1f} s, took {time.perf_counter() - t0:.1f} s), time_budget_s {budget:g}")
+            report.event("candidate_skipped", {"candidate": name, "reason": why, "estimate_s": round(guess, 2)})
+            record.append({"candidate": name, "skipped": why, "estimate_s": round(guess, 2)})
+            ratios.append((time.perf_counter() - t0) / max(estimate(name, len(train), 1.0), 1e-3))
+            speed = float(np.clip(np.median(ratios), 0.5, 4.0))
+            continue
+        job.deadline = started + budget
+        c.seconds = time.perf_counter() - t0
+        c.score = evaluate(y[val], c.val_logits.argmax(1), labels)["macro_f1"]
+        # How fast this machine runs (its load, its cores) against the reference rates: the
+        # median of the candidates' ratios so far (one stall, a first torch call, moves it little).
+        ratios.append(c.seconds / max(estimate(name, len(train), 1.0), 1e-3))
+        speed = float(np.clip(np.median(ratios), 0.5, 4.0))
+        tried.append(c)
+        entry = {"candidate": name, "method": c.method, "head": c.head, "score": round(c.score, 6),
+                 "metric": "validation macro-F1", "seconds": round(c.seconds, 3)}
+        record.append(entry)
+        report.event("candidate", {k2: v for k2, v in entry.items() if k2 != "metric"}
+                     | {"validation_macro_f1": round(c.score, 6)})
+        report.progress(0.2 + 0.7 * (k + 1) / len(planned))
+        if on_candidate is not None:
+            on_candidate(c)
+
+    # -- the choice, on validation only -------------------------------------------------
+    # A later (costlier) candidate must win by more than one validation row's worth:
+    # closer than that, the validation split cannot tell them apart and the cheaper stays.
+    tolerance = 1.0 / max(1, len(val))
+    best = tried[0]
+    for c in tried[1:]:
+        if c.score > best.score + tolerance:
+            best = c
+    runner_up = max((c for c in tried if c is not best), key=lambda c: c.score, default=None)
+    why = (f"highest validation macro-F1 ({best.score:.4f}) of {len(tried)} candidates tried"
+           + (f"; next: {runner_up.name} {runner_up.score:.4f}" if runner_up else "")
+           + (f"; within {tolerance:.4f} (one validation row) the cheaper candidate is kept"
+              if runner_up and abs(runner_up.score - best.score) <= tolerance else ""))
+    report.event("chosen", {"candidate": best.name, "method": best.method, "head": best.head,
+                            "validation_macro_f1": round(best.score, 6), "reason": why})
+    for entry in record:
+        if entry.get("candidate") == best.name and "skipped" not in entry:
+            entry["chosen"], entry["why"] = True, why
+
+    # -- calibration on validation; the test split, once --------------------------------
+    temperature, calibrated = calibration.calibrate(best.val_logits, y[val])
+    rows = test if test is not None else val
+    logits = best.logits(test) if test is not None else best.val_logits
+    if test is not None:
+        probs = calibration.softmax(logits, temperature)
+        calibrated = {**calibrated, "ece_test_before": round(calibration.ece(calibration.softmax(logits), y[test]), 6),
+                      "ece_test_after": round(calibration.ece(probs, y[test]), 6)}
+    evaluation = evaluate(y[rows], logits.argmax(1), labels)
+    baselines: dict[str, Any] = {
+        "majority": evaluate(y[rows], np.full(len(rows), np.bincount(y[train]).argmax()), labels),
+        reference: evaluate(y[rows], _predict(zs_tensors, "linear", x[rows]), labels),
+    }
+    if active is not None:
+        from adapters.pipeline import _items
+
+        index = {label: i for i, label in enumerate(labels)}
+        active_x = x[rows] if active.deep is None else backbone.embed_deep(
+            _items(backbone, job.texts(rows), where), [active.deep] * len(rows)).vectors
+        pred = active.predict_proba(active_x, job.texts(rows) if active.needs_text else None).argmax(1)
+        baselines["active"] = evaluate(y[rows], np.array([index.get(active.labels[q], -1) for q in pred]), labels)
+        baselines["active"]["version"] = active.version
+    changes = cards.label_changes(labels, active.labels if active else None, active.version if active else None)
+    if changes and (changes["added"] or changes["dropped"]):
+        report.event("labels_changed", changes)
+    from adapters.pipeline import _summary, decide
+
+    split_name = "test" if test is not None else "validation"
+    metrics: dict[str, Any] = {
+        **evaluation, "split": split_name,
+        "validation": {"macro_f1": round(best.score, 6), "n": int(len(val))},
+        "baselines": {k: _summary(v) for k, v in baselines.items()}, "calibration": calibrated,
+        "selection": {"chosen": best.name, "reason": why, "test_note": note},
+    }
+    if changes is not None:
+        metrics["label_changes"] = changes
+    report.event("calibration", {k: calibrated[k] for k in ("temperature", "ece_before", "ece_after")})
+    report.event("evaluation", {"split": split_name, "macro_f1": metrics["macro_f1"], "accuracy": metrics["accuracy"],
+                                "baselines": metrics["baselines"], **({"label_changes": changes} if changes else {})})
+    promote, reason = decide(metrics, baselines.get("active"), promote_margin,
+                             dropped=(changes or {}).get("dropped", []),
+                             allow_dropped_labels=bool(params.get("allow_dropped_labels")))
+    reason = f"{reason} (on the {split_name} split)"
+    groups = cards.group_metrics(y[rows], logits.argmax(1), [examples[i].get("group") for i in rows], labels)
+    if groups is not None:
+        groups["split"] = split_name
+    card = cards.record(data=data, curves=best.curves, groups=groups, candidates=record,
+                        decision={"decision": "promote" if promote else "candidate", "reason": reason},
+                        licence=getattr(backbone, "licence", "unknown"))
+    config = AdapterConfig(
+        backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head=best.head, labels=labels,
+        metrics=metrics, temperature=temperature, card=card,
+        training={"method": "auto", "chosen": best.name, "job_id": job_id, "examples": len(keys),
+                  "train": len(train), "validation": len(val), "test": 0 if test is None else len(test),
+                  "time_budget_s": budget, "seconds": round(time.perf_counter() - started, 3), **best.training},
+        parent_version=active.version if active else None, **best.config,
+    )
+    if config.training.get("continual_from") == "active" and active is not None:
+        config.training["continual_from"] = active.version
+    config, weights = encode(config, best.tensors)
+    report.progress(0.95)
+    return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
