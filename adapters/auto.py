@@ -224,23 +224,13 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     """Train every candidate that fits the budget, choose on validation, evaluate the choice
     once on test, and return the pipeline's Outcome. `on_candidate` sees each trained
     candidate (the bench evaluates them all on its own test reviews)."""
-    from adapters.pipeline import InvalidParams, Outcome, _predict, class_means, embed_cached
+    from adapters.pipeline import InvalidParams, Outcome, _predict, class_means, embed_cached, read_examples
 
     started = time.perf_counter()
     budget = float(params.get("time_budget_s") or DEFAULT_BUDGET_S)
     seed = int(params.get("seed") or 0)
     val_fraction = float(params.get("val_fraction") or 0.2)
-    keys = [e["text"] if "text" in e else e["image"] for e in examples]
-    names = [e["label"] for e in examples]
-    labels = sorted(set(names))
-    y = np.array([labels.index(n) for n in names])
-    data = cards.data_summary(examples, labels)
-    report.event("validation", {"examples": len(keys), "classes": len(labels),
-                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
-                                "duplicates": data["duplicates"], "label_conflicts": data["label_conflicts"]["items"]})
-    where: dict[str, str] = {}
-    for i, (k, e) in enumerate(zip(keys, examples)):
-        where.setdefault(k, e.get("at", f"examples[{i}]"))
+    keys, labels, y, data, where = read_examples(examples, report)
     train, val, test = split(y, val_fraction, seed)
     note = None if test is not None else (
         f"no test split: a class has fewer than {MIN_TEST_PER_CLASS} examples, so candidates, calibration and the "

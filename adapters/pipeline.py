@@ -85,18 +85,7 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     # Training knobs only: the job's other params (keep_examples) are the queue's business.
     settings = {k: v for k, v in params.items() if v is not None and k in TRAIN_FIELDS}
     p = TrainParams(**{"standardize": backbone.kind == "image", **settings})
-    # Examples hold a text or a base64 image; that string also keys the embedding cache.
-    keys = [e["text"] if "text" in e else e["image"] for e in examples]
-    names = [e["label"] for e in examples]
-    labels = sorted(set(names))
-    y = np.array([labels.index(n) for n in names])
-    data = cards.data_summary(examples, labels)
-    report.event("validation", {"examples": len(keys), "classes": len(labels),
-                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
-                                "duplicates": data["duplicates"], "label_conflicts": data["label_conflicts"]["items"]})
-    where: dict[str, str] = {}  # each item's first example, to name it in errors
-    for i, (k, e) in enumerate(zip(keys, examples)):
-        where.setdefault(k, e.get("at", f"examples[{i}]"))
+    keys, labels, y, data, where = read_examples(examples, report)
     train_idx, val_idx = stratified_split(y, p.val_fraction, p.seed)
     report.event("split", {"train": len(train_idx), "validation": len(val_idx), "seed": p.seed})
     deep = params.get("method") in DEEP_METHODS
@@ -216,6 +205,25 @@ def _train_lexical(backbone: Any, params: dict[str, Any], keys: list[str], x: np
     )
     config, weights = encode(config, tensors)
     return Outcome(config, weights, metrics, promote, reason, active.version if active else None)
+
+
+def read_examples(examples: list[dict[str, str]], report: Reporter
+                  ) -> tuple[list[str], list[str], np.ndarray, dict[str, Any], dict[str, str]]:
+    """(keys, labels, y, data summary, where): examples hold a text or a base64 image, and that
+    string also keys the embedding cache; `where` names each item's first example in errors.
+    Says what came in (the `validation` event)."""
+    keys = [e["text"] if "text" in e else e["image"] for e in examples]
+    names = [e["label"] for e in examples]
+    labels = sorted(set(names))
+    y = np.array([labels.index(n) for n in names])
+    data = cards.data_summary(examples, labels)
+    report.event("validation", {"examples": len(keys), "classes": len(labels),
+                                "per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
+                                "duplicates": data["duplicates"], "label_conflicts": data["label_conflicts"]["items"]})
+    where: dict[str, str] = {}
+    for i, (k, e) in enumerate(zip(keys, examples)):
+        where.setdefault(k, e.get("at", f"examples[{i}]"))
+    return keys, labels, y, data, where
 
 
 def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
