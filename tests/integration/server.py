@@ -78,9 +78,30 @@ class Server:
         self.database_url = self.env.get("GRAFT_DATABASE_URL", "")
 
     def start(self, timeout: float = 300, ready: bool = True) -> "Server":
-        """Start and wait until /readyz says ready (or, with ready=False, until /livez answers)."""
+        """Start and wait until /readyz says ready (or, with ready=False, until /livez answers).
+        A first start whose ports were taken meanwhile (free_port's port was free when chosen,
+        but an outgoing connection may take it from the same ephemeral range before the server
+        binds it) starts again on new ones; a restart keeps its ports."""
+        first = self.proc is None
+        for attempt in range(3):
+            try:
+                return self._start(timeout, ready)
+            except RuntimeError as e:
+                if not (first and attempt < 2 and "Address already in use" in str(e)):
+                    raise
+                self._use_ports(free_port(), free_port())
+        raise AssertionError("unreachable")
+
+    def _use_ports(self, port: int, grpc_port: int) -> None:
+        self.port, self.grpc_port = port, grpc_port
+        self.url, self.grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+        self.env.update(GRAFT_PORT=str(port), GRAFT_GRPC_PORT=str(grpc_port),
+                        BENTOML_HOME=str(self.log_path.parent / f"bentoml-{port}"))
+
+    def _start(self, timeout: float, ready: bool) -> "Server":
         bentoml = Path(sys.executable).with_name("bentoml")
         self._log = self.log_path.open("ab")  # a restart appends
+        offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [str(bentoml), "serve", "service.api:Graft", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -88,7 +109,11 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                self._log.close()
+                with self.log_path.open("rb") as f:
+                    f.seek(offset)
+                    output = f.read().decode(errors="replace")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{output[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz" if ready else f"{self.url}/livez", timeout=2).status_code == 200:
                     return self

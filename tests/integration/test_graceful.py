@@ -35,3 +35,23 @@ def test_sigterm_drains_in_flight_requests(graft_home, tmp_path):
         srv.proc.wait(30)
     finally:
         srv.stop()
+
+
+def test_a_server_whose_port_was_taken_starts_on_new_ones(graft_home, tmp_path):
+    """free_port's port can be taken before the server binds it (an outgoing connection from
+    the same ephemeral range): the first start moves to new ports instead of failing."""
+    import socket
+
+    srv = Server(graft_home, tmp_path / "s.log", GRAFT_DATABASE_URL=f"sqlite:///{tmp_path}/r.db",
+                 GRAFT_TRAIN_WORKERS="0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", srv.port))
+        taken.listen()
+        busy = srv.port
+        try:
+            srv.start(ready=False)
+            assert srv.port != busy and srv.url.endswith(f":{srv.port}")
+            assert srv.client().get("/livez").status_code == 200
+        finally:
+            srv.stop()
+    assert "Address already in use" in (tmp_path / "s.log").read_text()
