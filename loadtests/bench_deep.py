@@ -63,6 +63,29 @@ class _RunCache:
         self.states.update({(key, k): v for k, v in states.items()})
 
 
+def train_served(backbone: Any, examples: list[dict[str, str]], params: dict[str, Any],
+                 items: list[Any]) -> tuple[Any, Any, float, list[str]]:
+    """`train_version` as the worker runs it (a fresh cache), the version decoded as a replica
+    loads it, and `items` predicted as served (`backbone_pass`, 64 a pass; texts also given
+    to heads that read them): (outcome, adapter, training seconds, predicted labels)."""
+    from adapters.format import decode
+    from adapters.pipeline import train_version
+    from service.inference import Work, backbone_pass
+
+    started = time.perf_counter()
+    outcome = train_version(examples, backbone, params, active=None, cache=_RunCache(), report=_Report(),
+                            promote_margin=0.01)
+    seconds = time.perf_counter() - started
+    shape = backbone.split_shape
+    adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=backbone.fingerprint, dim=backbone.dim,
+                     split=shape.split if shape is not None else None)
+    predicted: list[str] = []
+    for i in range(0, len(items), 64):
+        out = backbone_pass(backbone, [Work(x, adapter, x if isinstance(x, str) else None) for x in items[i : i + 64]])
+        predicted += [adapter.labels[int(r.scores.argmax())] for r in out]
+    return outcome, adapter, seconds, predicted
+
+
 def macro_f1(labels: list[str], predicted: list[str]) -> float:
     from adapters.evaluation import evaluate
 
@@ -74,10 +97,7 @@ def macro_f1(labels: list[str], predicted: list[str]) -> float:
 def quality(home: Path, n_train: int = 2000, n_test: int = 1000) -> list[dict[str, Any]]:
     import torch
 
-    from adapters.format import decode
-    from adapters.pipeline import train_version
     from models import load_backbone
-    from service.inference import Work, backbone_pass
 
     torch.set_num_threads(2)
     reviews = rotten_tomatoes(n_train + n_test)
@@ -87,16 +107,7 @@ def quality(home: Path, n_train: int = 2000, n_test: int = 1000) -> list[dict[st
     rows = []
     for name, params in (("head (linear, frozen vectors)", {"method": "head"}), ("lora (rank 8, top 2 layers)", {"method": "lora"}),
                          ("unfreeze (top 2 layers)", {"method": "unfreeze"})):
-        started = time.perf_counter()
-        outcome = train_version(train, backbone, params, active=None, cache=_RunCache(), report=_Report(),
-                                promote_margin=0.01)
-        seconds = time.perf_counter() - started
-        adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=backbone.fingerprint,
-                         dim=backbone.dim, split=backbone.split_shape.split)
-        predicted = []
-        for i in range(0, len(test_texts), 64):
-            out = backbone_pass(backbone, [Work(t, adapter) for t in test_texts[i : i + 64]])
-            predicted += [adapter.labels[int(r.scores.argmax())] for r in out]
+        outcome, _, seconds, predicted = train_served(backbone, train, params, test_texts)
         rows.append({"method": name, "macro_f1": macro_f1(test_labels, predicted), "seconds": seconds,
                      "bytes": len(outcome.weights)})
         print(rows[-1], flush=True)

@@ -185,11 +185,8 @@ def mnist_unfreeze(home: Path, ks: tuple[int, ...] = (10, 100)) -> list[tuple[st
     maps computed as a tenant's first job does), predicted as served (backbone_pass)."""
     import torch
 
-    from adapters.format import decode
-    from adapters.pipeline import train_version
-    from loadtests.bench_deep import _Report, _RunCache
+    from loadtests.bench_deep import train_served
     from models import load_backbone
-    from service.inference import Work, backbone_pass
 
     torch.set_num_threads(2)
     # int8 asked, as the service runs it: head rows take the gated whole graph, unfreeze rows the fp32 split graphs.
@@ -202,17 +199,9 @@ def mnist_unfreeze(home: Path, ks: tuple[int, ...] = (10, 100)) -> list[tuple[st
         examples = [{"image": base64.b64encode(_png(digits[i])).decode(), "label": str(y[i])} for i in train]
         test_pixels = [backbone.prepare(_png(digits[i])) for i in test]
         for (name, params), (_, scores) in zip(methods, rows):
-            started = time.perf_counter()
-            outcome = train_version(examples, backbone, params, active=None, cache=_RunCache(), report=_Report(),
-                                    promote_margin=0.01)
-            seconds = time.perf_counter() - started
-            adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=backbone.fingerprint,
-                             dim=backbone.dim, split=backbone.split_shape.split)
-            pred = []
-            for i in range(0, len(test_pixels), 64):
-                out = backbone_pass(backbone, [Work(px, adapter) for px in test_pixels[i : i + 64]])
-                pred += [int(adapter.labels[int(r.scores.argmax())]) for r in out]
-            scores[str(k)] = (_macro_f1(y[test], np.array(pred)), seconds, outcome.config.training["best_epoch"])
+            outcome, _, seconds, labels = train_served(backbone, examples, params, test_pixels)
+            pred = np.array([int(label) for label in labels])
+            scores[str(k)] = (_macro_f1(y[test], pred), seconds, outcome.config.training["best_epoch"])
             print(name, k, scores[str(k)], flush=True)
     return rows
 

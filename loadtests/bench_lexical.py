@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from loadtests.bench_deep import _Report, _RunCache, macro_f1
+from loadtests.bench_deep import macro_f1, train_served
 from loadtests.common import publish
 from loadtests.data import rotten_tomatoes
 
@@ -42,23 +42,9 @@ def reviews(n_train: int = 2000, n_test: int = 1000) -> tuple[list[dict[str, str
 
 def quality(backbone: Any, train: list[dict[str, str]], test_texts: list[str],
             test_labels: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from adapters.format import decode
-    from adapters.pipeline import train_version
-    from service.inference import Work, backbone_pass
-
     rows, adapters = [], {}
     for name, params in (("head", {"method": "head"}), ("lexical", {"method": "lexical"}), ("hybrid", {"method": "hybrid"})):
-        started = time.perf_counter()
-        outcome = train_version(train, backbone, params, active=None, cache=_RunCache(), report=_Report(),
-                                promote_margin=0.01)
-        seconds = time.perf_counter() - started
-        adapter = decode(outcome.config.to_json(), outcome.weights, fingerprint=backbone.fingerprint,
-                         dim=backbone.dim)
-        predicted = []
-        for i in range(0, len(test_texts), 64):
-            chunk = test_texts[i : i + 64]
-            out = backbone_pass(backbone, [Work(t, adapter, t) for t in chunk])
-            predicted += [adapter.labels[int(r.scores.argmax())] for r in out]
+        outcome, adapter, seconds, predicted = train_served(backbone, train, params, test_texts)
         adapters[name] = adapter
         rows.append({"method": name, "macro_f1": macro_f1(test_labels, predicted), "seconds": seconds,
                      "fit_seconds": outcome.config.training.get("fit_seconds"), "bytes": len(outcome.weights),
