@@ -11,8 +11,19 @@ judged on. Sets too small for three splits (a class with fewer than `MIN_TEST_PE
 examples) are split train / validation only: selection and the guard then share the
 validation split, and the metrics and card say so (`split: "validation"`, `test_note`).
 
+Few-shot text sets (a class with at most FEWSHOT_MAX_PER_CLASS examples) are compared by
+cross-validation, not by the validation split alone (`folds`): at 8 a class the validation
+split holds 4 rows, and one row moves a score there by 25 points. The validation split is
+the first fold; the training rows are dealt, stratified, into up to CV_FOLDS - 1 more of
+about its size; each candidate trains once per fold (on the other rows), and its macro-F1
+over every out-of-fold prediction (all of train + validation) is its score. The version
+served is still the one trained on the train split (calibrated, evaluated and guarded as
+for any set); the test split, when there is one, is in no fold.
+
 Candidates, cheap first (`plan`): text backbones: a linear head on the frozen vectors,
-lexical (TF-IDF n-grams from scratch), hybrid (n-grams and the vector), LoRA on the top
+lexical (TF-IDF n-grams from scratch), hybrid (n-grams and the vector), setfit (few-shot
+contrastive LoRA, adapters/fewshot.py) when the backbone is split and a class has at most
+FEWSHOT_MAX_PER_CLASS examples, LoRA on the top
 layers when the backbone is split (GRAFT_SPLIT_LAYERS > 0) and the set has
 `LORA_MIN_EXAMPLES` or more examples, and last an MLP head from `MLP_MIN_EXAMPLES` (its
 early-stopped validation score was optimistic on reviews); image backbones: a head, a head on augmented copies,
@@ -24,12 +35,14 @@ epoch and dropped (so the budget holds to about one epoch). The winner is not re
 that helps was not measured yet, and a refit has no held-out split left to pick its epoch
 count or temperature on (the served version is the one validated and tested).
 
-Events: `candidate` (each one tried: validation macro-F1, seconds), `candidate_skipped`,
+Events: `candidate` (each one tried: validation, or cross-validated, macro-F1; seconds),
+`candidate_skipped`,
 `chosen` (which and why); then the usual `calibration` and `evaluation` (with its split).
 The model card's `candidates` lists every candidate, tried or skipped.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -39,6 +52,7 @@ import numpy as np
 from adapters import calibration, zero_shot
 from adapters import card as cards
 from adapters.evaluation import evaluate, stratified_split
+from adapters.fewshot import FEWSHOT_MAX_PER_CLASS
 from adapters.format import Adapter, AdapterConfig, deep_tensors, encode
 from adapters.lexical import LexicalParams, train_lexical
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
@@ -53,12 +67,15 @@ LORA_MIN_EXAMPLES = 400
 # 1,000 reviews it led validation by 1-3 points and trailed on test by 3-6 (won the choice,
 # lost 2.8 points: BENCHMARKS, AutoTL). Kept for large sets only, where that was not measured.
 MLP_MIN_EXAMPLES = 5000
+# Few-shot sets (text, a class with at most FEWSHOT_MAX_PER_CLASS examples) are compared by
+# cross-validation over train + validation in at most this many folds (`folds`).
+CV_FOLDS = 5
 IMAGE_AUGMENT = 2  # copies per training image for the "head, augmented" candidate (unless params.augment)
 # Seconds per 1,000 training examples of each candidate on the reference machine (2 cores,
 # AVX-512; bench_deep, bench_lexical, bench_autotl), and a fixed part. LoRA and unfreeze
 # include computing the lower graph's hidden states.
 RATE_S = {"head": 3.0, "head-mlp": 14.0, "lexical": 1.5, "hybrid": 1.5, "lora": 60.0,
-          "head-augmented": 25.0, "unfreeze": 80.0}
+          "head-augmented": 25.0, "unfreeze": 80.0, "setfit": 400.0}
 FIXED_S = 0.5
 
 
@@ -90,15 +107,38 @@ def split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(rest[tr]), np.sort(rest[va]), test
 
 
-def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any]) -> list[str]:
-    """The candidates for this backbone and set, cheap first."""
+def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any], smallest: int | None = None) -> list[str]:
+    """The candidates for this backbone and set (`smallest`: examples of its smallest class), cheap first."""
     if kind == "image":
         return ["head", "head-augmented"] + (["unfreeze"] if split_shape is not None else [])
     names = ["head", "lexical", "hybrid"]
+    if split_shape is not None and smallest is not None and smallest <= FEWSHOT_MAX_PER_CLASS:
+        names.append("setfit")
     if split_shape is not None and n >= LORA_MIN_EXAMPLES:
         names.append("lora")
     # Last, and for large sets only (MLP_MIN_EXAMPLES).
     return names + (["head-mlp"] if n >= MLP_MIN_EXAMPLES else [])
+
+
+def folds(y: np.ndarray, train: np.ndarray, val: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cross-validation folds over train + validation for few-shot sets: (train, held-out)
+    index pairs, the first being (train, val) itself; the training rows dealt, class by
+    class, into as many more held-out folds of about the validation split's size as fit,
+    CV_FOLDS in all at most. Every row of train + validation is held out exactly once."""
+    extra = int(np.clip(round(len(train) / max(1, len(val))), 1, CV_FOLDS - 1))
+    rng = np.random.default_rng(seed + 2)
+    parts: list[list[int]] = [[] for _ in range(extra)]
+    start = 0
+    for c in np.unique(y[train]):
+        rows = rng.permutation(train[y[train] == c])
+        for j, i in enumerate(rows):
+            parts[(start + j) % extra].append(int(i))
+        start += len(rows)  # the next class starts where this one stopped: folds stay even
+    out = [(train, val)]
+    for part in parts:
+        held = np.sort(np.array(part, dtype=np.int64))
+        out.append((np.setdiff1d(np.concatenate([train, val]), held), held))
+    return out
 
 
 def estimate(name: str, n_train: int, speed: float) -> float:
@@ -117,6 +157,7 @@ class _Job:
         self.train, self.val, self.report, self.cache, self.where = train, val, report, cache, where
         self.init, self.init_head, self.max_unfreeze_bytes = init, init_head, max_unfreeze_bytes
         self.deadline = float("inf")  # the first candidate always finishes; then the job's budget
+        self.fold = 0  # cross-validation: which fold this copy trains (0: train / validation itself)
 
     def texts(self, rows: np.ndarray) -> list[str]:
         return [self.keys[i] for i in rows]
@@ -126,7 +167,7 @@ class _Job:
             point = {"epoch": r.epoch, "train_loss": round(r.train_loss, 5), "val_loss": round(r.val_loss, 5),
                      "val_macro_f1": round(r.val_macro_f1, 4)}
             curves.append(point)
-            self.report.event("epoch", {**point, "candidate": name})
+            self.report.event("epoch", {**point, "candidate": name, **({"fold": self.fold} if self.fold else {})})
             # Past the budget, a candidate stops at its epoch's end (train_auto drops it).
             return self.report.cancelled() or time.perf_counter() > self.deadline
         return on_epoch
@@ -173,23 +214,36 @@ def _lexical(job: _Job, name: str) -> Candidate:
 
 
 def _deep_candidate(job: _Job, name: str) -> Candidate:
-    """LoRA (text) or unfreeze (images) on the split backbone's hidden states, as
-    adapters/pipeline.py `_train_deep` trains them, evaluated through the serving graphs."""
-    from adapters.deep import LoraParams, train_lora, train_unfreeze
-    from adapters.pipeline import _items, hidden_cached, lora_params, unfreeze_params
+    """LoRA or setfit (text: a LoRA version either way) or unfreeze (images) on the split
+    backbone's hidden states, as adapters/pipeline.py `_train_deep` trains them, evaluated
+    through the serving graphs."""
+    from adapters.deep import UnfreezeParams, train_lora, train_unfreeze
+    from adapters.fewshot import train_setfit
+    from adapters.pipeline import _items, hidden_cached, lora_params, setfit_params, unfreeze_params
     from models.split import TARGET_NAMES
 
     b, shape = job.backbone, job.backbone.split_shape
-    p = lora_params(job.params, shape) if name == "lora" else unfreeze_params(job.params, shape,
-                                                                              job.max_unfreeze_bytes)
+    p: Any
+    if name == "unfreeze":
+        p = unfreeze_params(job.params, shape, job.max_unfreeze_bytes)
+    elif name == "lora":
+        p = lora_params(job.params, shape)
+    else:  # its own recipe: the job's loop knobs (epochs, lr, ...) are the head's; lora_* and seed apply
+        p = setfit_params({k: v for k, v in job.params.items() if k.startswith("lora_") or k == "seed"}, shape)
     rows = np.concatenate([job.train, job.val])
     states, _ = hidden_cached(b, job.texts(rows), job.cache, job.report, where=job.where)
     by_row = dict(zip(rows.tolist(), states))
     h_train, h_val = [by_row[i] for i in job.train], [by_row[i] for i in job.val]
     curves: list[dict[str, Any]] = []
-    fit = train_lora if isinstance(p, LoraParams) else train_unfreeze
-    trained = fit(b.upper_module(), shape, h_train, job.y[job.train], h_val, job.y[job.val], job.labels, p,
-                  on_epoch=job.on_epoch(name, curves))
+    on_epoch = job.on_epoch(name, curves)
+    if name == "setfit":  # one long epoch: the budget and a cancel are checked every step too
+        trained = train_setfit(b.upper_module(), shape, h_train, job.y[job.train], h_val, job.y[job.val],
+                               job.labels, p, on_epoch=on_epoch,
+                               stop=lambda: job.report.cancelled() or time.perf_counter() > job.deadline)
+    else:
+        fit = train_lora if name == "lora" else train_unfreeze
+        trained = fit(b.upper_module(), shape, h_train, job.y[job.train], h_val, job.y[job.val], job.labels, p,
+                      on_epoch=on_epoch)
     probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=b.dim, head="linear", labels=job.labels),
                     trained.head)
 
@@ -197,23 +251,24 @@ def _deep_candidate(job: _Job, name: str) -> Candidate:
         items = _items(b, job.texts(rows), job.where)
         return probe.logits(b.embed_deep(items, [trained.weights] * len(items)).vectors)
 
-    if isinstance(p, LoraParams):
+    if not isinstance(p, UnfreezeParams):
         recipe = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
                   "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
         config = {"method": "lora", "lora": recipe}
     else:
         recipe = shape.unfreeze_recipe(p.layers)
         config = {"method": "unfreeze", "unfreeze": recipe}
-    return Candidate(name, name, "linear", 0.0, 0.0, logits(job.val), {**trained.head, **deep_tensors(trained.weights)},
-                     logits, config=config,
-                     training={"params": {**asdict(p), **({"targets": recipe["targets"]} if name == "lora" else {})},
+    targets = {"targets": recipe["targets"]} if "targets" in recipe else {}
+    return Candidate(name, config["method"], "linear", 0.0, 0.0, logits(job.val),
+                     {**trained.head, **deep_tensors(trained.weights)}, logits, config=config,
+                     training={"params": {**asdict(p), **targets},
                                "epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch},
                      curves=curves)
 
 
 TRAINERS: dict[str, Callable[[_Job, str], Candidate]] = {
     "head": _head, "head-mlp": _head, "head-augmented": _head, "lexical": _lexical, "hybrid": _lexical,
-    "lora": _deep_candidate, "unfreeze": _deep_candidate,
+    "lora": _deep_candidate, "unfreeze": _deep_candidate, "setfit": _deep_candidate,
 }
 
 
@@ -241,6 +296,8 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     # Baselines' heads: label names embedded (text) or class prototypes (images).
     if backbone.kind == "text":
         reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+    elif getattr(backbone, "text_tower", None) is not None:  # CLIP-style: label prompts by its text tower
+        reference, label_rows = "zero_shot", backbone.text_tower.embed(backbone.text_tower.texts(labels))
     else:
         reference, label_rows = "prototype", class_means(x[train], y[train], len(labels))
     _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
@@ -253,13 +310,20 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
                max_unfreeze_bytes)
 
     # -- the candidates, cheap first, within the budget --------------------------------
-    planned = plan(backbone.kind, backbone.split_shape, len(keys), params)
+    smallest = int(np.bincount(y).min())
+    planned = plan(backbone.kind, backbone.split_shape, len(keys), params, smallest)
+    # Few-shot text sets: a validation split of a few rows cannot tell candidates apart (8 a
+    # class: 4 rows), so they are compared by cross-validation over train + validation.
+    cv = folds(y, train, val, seed) if backbone.kind == "text" and smallest <= FEWSHOT_MAX_PER_CLASS else [(train, val)]
+    scored = np.sort(np.concatenate([held for _, held in cv]))
+    metric = ("validation macro-F1" if len(cv) == 1 else
+              f"cross-validated macro-F1 ({len(cv)} folds of train + validation)")
     tried: list[Candidate] = []
     record: list[dict[str, Any]] = []
     speed, ratios = 1.0, []
     for k, name in enumerate(planned):
         elapsed = time.perf_counter() - started
-        guess = estimate(name, len(train), speed)
+        guess = estimate(name, len(train), speed) * len(cv)
         if tried and elapsed + guess > budget:
             why = (f"time budget: {elapsed:.1f} s spent, about {guess:.1f} s more needed, "
                    f"time_budget_s {budget:g}")
@@ -271,6 +335,12 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
         t0 = time.perf_counter()
         try:
             c = TRAINERS[name](job, name)
+            predicted = np.full(len(y), -1)
+            predicted[val] = c.val_logits.argmax(1)
+            for fold, (fold_train, held) in enumerate(cv[1:], 1):  # every row held out once
+                other = copy.copy(job)
+                other.train, other.val, other.fold = fold_train, held, fold
+                predicted[held] = TRAINERS[name](other, name).val_logits.argmax(1)
         except (InvalidParams, ValueError) as e:  # this candidate cannot train on this set or backbone
             report.event("candidate_skipped", {"candidate": name, "reason": str(e)})
             record.append({"candidate": name, "skipped": str(e)})
@@ -282,22 +352,24 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
                    f"(estimated {guess:.1f} s, took {time.perf_counter() - t0:.1f} s), time_budget_s {budget:g}")
             report.event("candidate_skipped", {"candidate": name, "reason": why, "estimate_s": round(guess, 2)})
             record.append({"candidate": name, "skipped": why, "estimate_s": round(guess, 2)})
-            ratios.append((time.perf_counter() - t0) / max(estimate(name, len(train), 1.0), 1e-3))
+            ratios.append((time.perf_counter() - t0) / max(estimate(name, len(train), 1.0) * len(cv), 1e-3))
             speed = float(np.clip(np.median(ratios), 0.5, 4.0))
             continue
         job.deadline = started + budget
         c.seconds = time.perf_counter() - t0
-        c.score = evaluate(y[val], c.val_logits.argmax(1), labels)["macro_f1"]
+        c.score = evaluate(y[scored], predicted[scored], labels)["macro_f1"]
         # How fast this machine runs (its load, its cores) against the reference rates: the
         # median of the candidates' ratios so far (one stall, a first torch call, moves it little).
-        ratios.append(c.seconds / max(estimate(name, len(train), 1.0), 1e-3))
+        ratios.append(c.seconds / max(estimate(name, len(train), 1.0) * len(cv), 1e-3))
         speed = float(np.clip(np.median(ratios), 0.5, 4.0))
         tried.append(c)
         entry = {"candidate": name, "method": c.method, "head": c.head, "score": round(c.score, 6),
-                 "metric": "validation macro-F1", "seconds": round(c.seconds, 3)}
+                 "metric": metric, "seconds": round(c.seconds, 3)}
+        if len(cv) > 1:
+            entry["validation_split_macro_f1"] = round(evaluate(y[val], c.val_logits.argmax(1), labels)["macro_f1"], 6)
         record.append(entry)
         report.event("candidate", {k2: v for k2, v in entry.items() if k2 != "metric"}
-                     | {"validation_macro_f1": round(c.score, 6)})
+                     | {"validation_macro_f1": round(c.score, 6)} | ({"folds": len(cv)} if len(cv) > 1 else {}))
         report.progress(0.2 + 0.7 * (k + 1) / len(planned))
         if on_candidate is not None:
             on_candidate(c)
@@ -305,15 +377,15 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     # -- the choice, on validation only -------------------------------------------------
     # A later (costlier) candidate must win by more than one validation row's worth:
     # closer than that, the validation split cannot tell them apart and the cheaper stays.
-    tolerance = 1.0 / max(1, len(val))
+    tolerance = 1.0 / max(1, len(scored))
     best = tried[0]
     for c in tried[1:]:
         if c.score > best.score + tolerance:
             best = c
     runner_up = max((c for c in tried if c is not best), key=lambda c: c.score, default=None)
-    why = (f"highest validation macro-F1 ({best.score:.4f}) of {len(tried)} candidates tried"
+    why = (f"highest {metric} ({best.score:.4f}) of {len(tried)} candidates tried"
            + (f"; next: {runner_up.name} {runner_up.score:.4f}" if runner_up else "")
-           + (f"; within {tolerance:.4f} (one validation row) the cheaper candidate is kept"
+           + (f"; within {tolerance:.4f} (one held-out row) the cheaper candidate is kept"
               if runner_up and abs(runner_up.score - best.score) <= tolerance else ""))
     report.event("chosen", {"candidate": best.name, "method": best.method, "head": best.head,
                             "validation_macro_f1": round(best.score, 6), "reason": why})
@@ -351,9 +423,11 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     split_name = "test" if test is not None else "validation"
     metrics: dict[str, Any] = {
         **evaluation, "split": split_name,
-        "validation": {"macro_f1": round(best.score, 6), "n": int(len(val))},
+        "validation": {"macro_f1": round(evaluate(y[val], best.val_logits.argmax(1), labels)["macro_f1"], 6),
+                       "n": int(len(val))},
         "baselines": {k: _summary(v) for k, v in baselines.items()}, "calibration": calibrated,
-        "selection": {"chosen": best.name, "reason": why, "test_note": note},
+        "selection": {"chosen": best.name, "reason": why, "test_note": note, "metric": metric,
+                      "score": round(best.score, 6), "rows": int(len(scored))},
     }
     if changes is not None:
         metrics["label_changes"] = changes

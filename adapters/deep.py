@@ -141,16 +141,12 @@ def train_lora(
     """Train LoRA factors for `upper` (the torch upper layers, frozen) and a linear head;
     continual training starts from `head_init` (else a linear probe) and `factors_init`."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(p.seed)
     if head_init is None:
         head_init = _probe(upper, hidden_train, y_train, hidden_val, y_val, labels, p.seed, p.probe_standardize)
     n = len(shape.upper_layers)
-    adapted = "|".join(str(i) for i in range(n - p.layers, n))  # the top p.layers of the upper graph
-    pattern = rf"layers\.({adapted})\.(" + "|".join(re.escape(t) for t in p.targets) + r")"
-    model = get_peft_model(upper, LoraConfig(r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                                             target_modules=pattern, bias="none"))
+    model = lora_model(upper, shape, p.layers, p.rank, p.alpha, p.targets, p.dropout)
     if factors_init is not None:
         with torch.no_grad():
             _load_factors(model, shape, factors_init)
@@ -158,6 +154,18 @@ def train_lora(
                     for i in range(n)]
     return _fit(model, layer_params, shape, hidden_train, y_train, hidden_val, y_val, labels, p, head_init,
                 on_epoch, lambda: _lora_state(model, shape))
+
+
+def lora_model(upper: Any, shape: SplitShape, layers: int, rank: int, alpha: float, targets: tuple[str, ...],
+               dropout: float) -> Any:
+    """`upper` (the torch upper layers, frozen) with PEFT LoRA on `targets` of its top `layers` layers."""
+    from peft import LoraConfig, get_peft_model
+
+    n = len(shape.upper_layers)
+    adapted = "|".join(str(i) for i in range(n - layers, n))  # the top layers of the upper graph
+    pattern = rf"layers\.({adapted})\.(" + "|".join(re.escape(t) for t in targets) + r")"
+    return get_peft_model(upper, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                                            target_modules=pattern, bias="none"))
 
 
 def train_unfreeze(

@@ -20,6 +20,7 @@ from adapters import card as cards
 from adapters.evaluation import evaluate, stratified_split
 from adapters.format import Adapter, AdapterConfig, deep_tensors, encode
 from adapters.deep import IMAGE_UNFREEZE_DEFAULTS, DeepParams, LoraParams, UnfreezeParams, train_lora, train_unfreeze
+from adapters.fewshot import SetFitParams, train_setfit
 from adapters.lexical import LEXICAL_METHODS, LexicalParams, train_lexical
 from adapters.training import Cancelled, EpochReport, TrainParams, continual_init, train_head
 from models import Backbone
@@ -28,7 +29,8 @@ from models.base import ItemError
 
 
 TRAIN_FIELDS = {f.name for f in fields(TrainParams)}
-DEEP_METHODS = ("lora", "unfreeze")  # trained on hidden states of a split text backbone (adapters/deep.py)
+# Trained on hidden states of a split text backbone (adapters/deep.py; setfit: adapters/fewshot.py).
+DEEP_METHODS = ("lora", "unfreeze", "setfit")
 
 
 class HiddenStateCache(Protocol):
@@ -106,6 +108,8 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
     # mean training embedding (images, whose backbone cannot embed names).
     if backbone.kind == "text":
         reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+    elif getattr(backbone, "text_tower", None) is not None:  # CLIP-style: label prompts by its text tower
+        reference, label_rows = "zero_shot", backbone.text_tower.embed(backbone.text_tower.texts(labels))
     else:
         reference, label_rows = "prototype", class_means(x[train_idx], y[train_idx], len(labels))
     _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
@@ -240,6 +244,19 @@ def lora_params(params: dict[str, Any], shape: Any) -> LoraParams:
                       targets=tuple(TARGET_NAMES[n] for n in names), **_loop_params(params))
 
 
+def setfit_params(params: dict[str, Any], shape: Any) -> SetFitParams:
+    """The few-shot contrastive recipe (adapters/fewshot.py) from a job's params: its LoRA
+    (lora_rank, lora_alpha, lora_layers, lora_targets) as method lora reads it, and the loop's
+    lr, epochs, batch_size (pairs a step), weight_decay, warmup_fraction and seed."""
+    if params.get("continual"):
+        raise InvalidParams("method setfit starts from the pretrained encoder: params.continual is not offered "
+                            "(use method lora or head to continue from the active version)")
+    lora = lora_params({k: v for k, v in params.items() if k.startswith("lora_")}, shape)
+    loop = {k: params[k] for k in ("lr", "epochs", "batch_size", "weight_decay", "warmup_fraction", "seed")
+            if params.get(k) is not None}
+    return SetFitParams(layers=lora.layers, rank=lora.rank, alpha=lora.alpha, targets=lora.targets, **loop)
+
+
 def unfreeze_params(params: dict[str, Any], shape: Any, max_bytes: int | None = None) -> UnfreezeParams:
     """The unfreeze recipe from a job's params, the unset ones at their defaults; InvalidParams
     when they do not fit this backbone, or its layers' weights would exceed `max_bytes`."""
@@ -278,14 +295,23 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
     unfreeze). Continual (`head_init` given): from the active version's head, and from its
     factors or layers too when it is a version of the same method and recipe. Image backbones
     take method unfreeze only: their "hidden states" are the lower graph's feature maps, and
-    `augment` adds that many augmented copies of each training image's (computed, not cached)."""
+    `augment` adds that many augmented copies of each training image's (computed, not cached).
+    Method setfit (adapters/fewshot.py): LoRA factors trained contrastively on pairs of the
+    training examples, then a logistic-regression head; its version is a LoRA version."""
     method = params["method"]
     shape = backbone.split_shape
-    if shape is None or (backbone.kind == "image" and method == "lora"):
+    if shape is None or (backbone.kind == "image" and method != "unfreeze"):
         raise InvalidParams(f"method {method} needs a text backbone split for deep adapters; {backbone.id!r} is "
                             + ("an image backbone: use method head or unfreeze" if shape is not None else
                                "not (GRAFT_SPLIT_LAYERS > 0 for text, GRAFT_IMAGE_SPLIT_BLOCKS > 0 for images)"))
-    p: DeepParams = lora_params(params, shape) if method == "lora" else unfreeze_params(params, shape, max_unfreeze_bytes)
+    p: DeepParams | SetFitParams
+    if method == "unfreeze":
+        p = unfreeze_params(params, shape, max_unfreeze_bytes)
+    else:
+        p = lora_params(params, shape) if method == "lora" else setfit_params(params, shape)
+    if method == "setfit" and np.bincount(y[train_idx]).min() < 2:
+        raise InvalidParams("method setfit pairs examples of the same label: it needs at least 3 examples of each "
+                            "label (2 to train on, 1 to validate)")
     hidden, counts = hidden_cached(backbone, keys, cache, report, where=where)
     report.progress(0.2)
     report.event("hidden_states", {"examples": len(keys), **counts, "split": shape.split, "layers": p.layers})
@@ -298,7 +324,8 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
                                "val_loss": round(r.val_loss, 5), "val_macro_f1": round(r.val_macro_f1, 4)})
         return report.cancelled()
 
-    if isinstance(p, LoraParams):
+    lora = method in ("lora", "setfit")  # a setfit version is a LoRA version: it serves as one
+    if not isinstance(p, UnfreezeParams):
         recipe: dict[str, Any] = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
                                   "targets": [n for n, t in TARGET_NAMES.items() if t in p.targets]}
         same = ("rank", "layers", "split")
@@ -318,7 +345,10 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
             augment=augment, seed=p.seed), report, embed=lambda px: list(backbone.hidden_states(px)))
         hidden_train, y_train = hidden_train + list(extra), np.concatenate([y_train, y_extra])
         report.event("augmentation", {"copies": augment, "train": len(y_train)})
-    if isinstance(p, LoraParams):
+    if isinstance(p, SetFitParams):
+        trained = train_setfit(backbone.upper_module(), shape, hidden_train, y_train, hidden_val, y[val_idx],
+                               labels, p, on_epoch=on_epoch, stop=report.cancelled)
+    elif isinstance(p, LoraParams):
         trained = train_lora(backbone.upper_module(), shape, hidden_train, y_train, hidden_val, y[val_idx],
                              labels, p, on_epoch=on_epoch, head_init=head_init, factors_init=weights_init)
     else:
@@ -334,10 +364,10 @@ def _train_deep(backbone: Any, params: dict[str, Any], keys: list[str], y: np.nd
     metrics, temperature, card, promote, reason = conclude.finish(
         evaluate(y[val_idx], logits.argmax(1), labels), logits,
         {"method": method, "head": "linear", "seconds": time.perf_counter() - started})
-    lora = method == "lora"
     config = AdapterConfig(
         backbone=backbone.id, fingerprint=backbone.fingerprint, dim=backbone.dim, head="linear", labels=labels,
-        metrics=metrics, method=method, lora=recipe if lora else None, unfreeze=None if lora else recipe,
+        metrics=metrics, method="lora" if lora else method, lora=recipe if lora else None,
+        unfreeze=None if lora else recipe,
         temperature=temperature, card=card,
         training={"method": method, "job_id": job_id,
                   "params": {**asdict(p), **({"targets": recipe["targets"]} if lora else {})},

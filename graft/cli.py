@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "or zip (one folder of images per label)")
     adapter(p)
     p.add_argument("--backbone", help="backbone id (default: the server's)")
-    p.add_argument("--method", choices=["auto", "head", "lexical", "hybrid", "lora", "unfreeze"],
+    p.add_argument("--method", choices=["auto", "head", "lexical", "hybrid", "lora", "unfreeze", "setfit"],
                    help="auto (default: the server tries the candidates and keeps the best), head, lexical, hybrid, "
-                        "lora or unfreeze")
+                        "lora, unfreeze or setfit (few-shot)")
     p.add_argument("--head", choices=["linear", "mlp"], help="the head's kind")
     p.add_argument("--epochs", type=int, help="at most this many epochs")
     p.add_argument("--params", metavar="JSON", help='more params as JSON, e.g. \'{"lr": 0.005, "seed": 1}\'')

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
     parser.add_argument("--budget", type=float, default=120.0, help="params.time_budget_s")
+    parser.add_argument("--sizes", default="2000,1000,400,8", help="which sizes to run: 2000, 1000, 400, 8 (per class)")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="8 per class: this many draws (draw 0: the pool's first 8 a class; draw d: the first 8 a "
+                             "class of the pool shuffled with seed d)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     import torch
 
@@ -99,7 +105,7 @@ def main() -> None:
     from models.int8 import cpu_features
     from service.settings import Settings
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     home = Settings().home.resolve()
     backbone = load_backbone("minilm-l6", home, split_layers=2)
     reviews = rotten_tomatoes(3000)
@@ -107,7 +113,13 @@ def main() -> None:
     test_texts, test_labels = [t for t, _ in test], [label for _, label in test]
     test_x = np.concatenate([backbone.embed(test_texts[i : i + 64]).vectors for i in range(0, len(test_texts), 64)])
     results = []
-    sizes = (("2,000", pool), ("1,000", pool[:1000]), ("400", pool[:400]), ("8 per class", per_class(pool, 8)))
+    wanted = args.sizes.split(",")
+    sizes = [(name, rows) for key, name, rows in (("2000", "2,000", pool), ("1000", "1,000", pool[:1000]),
+                                                   ("400", "400", pool[:400])) if key in wanted]
+    if "8" in wanted:
+        for d in range(args.draws):
+            shuffled = pool if d == 0 else random.Random(d).sample(pool, len(pool))
+            sizes.append(("8 per class" + (f", draw {d}" if args.draws > 1 else ""), per_class(shuffled, 8)))
     for name, rows in sizes:
         r = run(backbone, [{"text": t, "label": label} for t, label in rows], test_texts, test_x, test_labels,
                 args.budget)
@@ -117,16 +129,20 @@ def main() -> None:
     cpu = cpu_features()
     lines = [
         f"Rotten Tomatoes, bench_deep's split: the job trains on the first 2,000 reviews, the first 1,000, 400, or "
-        f"the first 8 per class; every figure is macro-F1 on the next 1,000 reviews, which no job sees. One run per "
-        f"size, in process with 2 threads, `time_budget_s` {args.budget:g} (CPU: {cpu.machine}, flags "
+        f"the first 8 per class (draw d > 0: of the 2,000 shuffled with seed d); every figure is macro-F1 on the next "
+        f"1,000 reviews, which no job sees. One run per size, in process with {args.threads} torch threads, "
+        f"`time_budget_s` {args.budget:g} (CPU: {cpu.machine}, flags "
         f"{' '.join(cpu.flags)}; MiniLM-L6 as served: {backbone.precision}, split at 2 layers for LoRA; host load "
         f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores). Auto splits the examples once: "
         "train / validation / test (60/20/20, stratified; no test split under 10 examples a class); every "
-        "candidate trains on train, is compared on validation, and only the chosen one meets auto's own test "
-        "split. \"s\" is the candidate's training time inside the job; examples → version is the whole job "
+        "candidate trains on train, is compared on validation (few-shot sets, a class of 32 or fewer: by "
+        "cross-validation over train + validation, the validation split one of the folds; \"selection\" is that "
+        "score), and only the chosen one meets auto's own test split; each candidate's test figure is its model "
+        "trained on the train split. \"s\" is the candidate's training time inside the job (all its folds); "
+        "examples → version is the whole job "
         "(embedding, every candidate, calibration, test evaluation, encoding), the bench's own evaluations "
         "excluded.", "",
-        "| examples | candidate | validation macro-F1 | test macro-F1 | s | chosen |",
+        "| examples | candidate | selection macro-F1 | test macro-F1 | s | chosen |",
         "|---|---|---:|---:|---:|---|",
     ]
     for r in results:

@@ -4,11 +4,12 @@ Worker processes (service/worker.py) train them.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 from adapters.jobs import Job, JobQueue
 from adapters.lexical import LEXICAL_METHODS
-from adapters.pipeline import DEEP_METHODS, InvalidParams, lora_params, unfreeze_params
+from adapters.pipeline import DEEP_METHODS, InvalidParams, lora_params, setfit_params, unfreeze_params
 from adapters.registry import Registry
 from service.errors import InvalidInput, NotFound, PayloadTooLarge
 from service.inference import Inference
@@ -38,11 +39,14 @@ class Jobs:
                                + " or ".join(methods), {"methods": methods})
         if method in DEEP_METHODS:
             split = model.split_shape is not None
-            if model.kind == "image" and method == "lora":
+            if model.kind == "image" and method != "unfreeze":
                 raise InvalidInput(
-                    f"method lora needs a text backbone split for deep adapters; {model.id!r} is an image backbone: "
+                    f"method {method} needs a text backbone split for deep adapters; {model.id!r} is an image "
+                    "backbone: "
                     "use method head" + (" or unfreeze (LoRA on convolutions is not offered)" if split else ""),
                     {"methods": ["head", "unfreeze"] if split else ["head"]})
+            if not split and getattr(model, "deep_refusal", None):
+                raise InvalidInput(str(model.deep_refusal), {"methods": ["head"]})
             if not split:
                 raise InvalidInput(
                     f"method {method} needs a backbone split for deep adapters; {model.id!r} is not split ("
@@ -51,6 +55,8 @@ class Jobs:
             try:
                 if method == "lora":
                     lora_params(params, model.split_shape)
+                elif method == "setfit":
+                    setfit_params(params, model.split_shape)
                 else:
                     unfreeze_params(params, model.split_shape, self.settings.max_unfreeze_bytes)
             except InvalidParams as e:
@@ -64,6 +70,13 @@ class Jobs:
             check_examples, examples, kind=model.kind, check=model.check,
             max_examples=self.settings.max_train_examples, max_chars=self.settings.max_text_chars,
         )
+        if method == "setfit":
+            counts = Counter(e["label"] for e in clean)
+            few = sorted(label for label, n in counts.items() if n < 3)
+            if few:
+                raise InvalidInput("method setfit pairs examples of the same label: it needs at least 3 examples of "
+                                   f"each label (2 to train on, 1 to validate); fewer for {few}",
+                                   {"labels": dict(counts)})
         return await asyncio.to_thread(
             self.queue.submit, tenant, adapter, model.id, clean, params,
             max_queued=self.settings.max_queued_jobs, max_per_tenant=self.settings.max_tenant_jobs,

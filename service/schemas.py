@@ -214,17 +214,21 @@ class FinetuneParams(_Strict):
 
     head: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
-    method: Literal["auto", "head", "lora", "unfreeze", "lexical", "hybrid"] = Field(
+    method: Literal["auto", "head", "lora", "unfreeze", "lexical", "hybrid", "setfit"] = Field(
         "auto", description="auto (default): the service trains the candidates that fit the data and "
                             "time_budget_s (head linear and mlp, lexical, hybrid, lora when the backbone is split and "
-                            "the set large enough; images: head, head on augmented copies, unfreeze), keeps the best on "
+                            "the set large enough, setfit when split and a class has at most 32 examples; "
+                            "images: head, head on augmented copies, unfreeze), keeps the best on "
                             "a validation split and evaluates it once on a test split (adapters/auto.py); "
                             "head: a head on the frozen backbone's vectors; lexical: TF-IDF word and character "
                             "n-grams and a linear model trained from scratch on the texts (where words themselves "
                             "decide the label; text backbones); hybrid: those n-grams and the backbone's vector, one "
                             "linear model on both (text backbones); lora: LoRA factors of the top layers "
                             "and a head, trained together; unfreeze: every weight of the top layers and a head "
-                            "(MBs per adapter: for tenants with much data). lora and unfreeze need a text backbone "
+                            "(MBs per adapter: for tenants with much data); setfit: few-shot, SetFit's recipe on a "
+                            "LoRA adapter (the factors trained contrastively on pairs of the examples, same label "
+                            "or not, then a logistic-regression head; served as a lora version; 3 examples a label "
+                            "at least). lora, setfit and unfreeze need a text backbone "
                             "split for deep adapters (see /readyz); image backbones take unfreeze (their last blocks "
                             "and head conv, served in fp32) but not lora")
     lora_rank: int = Field(8, ge=1, le=64, description="lora: rank of the factors")
