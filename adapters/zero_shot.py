@@ -4,6 +4,11 @@ Each label's text (its description, or the name itself) is embedded by the backb
 head scores an input by cosine similarity to each label embedding, scaled so the softmax
 is decisive. A new tenant gets predictions before it has any training data, and the same
 head is the zero-shot baseline a fine-tuned version must beat.
+
+On a CLIP-style backbone (an image backbone with a text tower, models/hf_image.py) the same
+call makes an image classifier: each label is put in the backbone's prompt ("a photo of a
+{label}") and embedded by the text tower, and the scale is the model's own logit scale, so the
+head computes CLIP's logits_per_image.
 """
 from __future__ import annotations
 
@@ -55,8 +60,11 @@ def build(
     labels: list[str],
     label_vectors: np.ndarray,
     descriptions: dict[str, str] | None = None,
+    *, scale: float = SCALE, texts: list[str] | None = None, extra: dict | None = None,
 ) -> tuple[AdapterConfig, dict[str, np.ndarray]]:
-    """Config and tensors of a linear head whose rows are the scaled label embeddings."""
+    """Config and tensors of a linear head whose rows are the scaled label embeddings
+    (`texts`: what was embedded, when not the labels or descriptions; `extra`: more to record
+    in the version's training section)."""
     check_labels(labels, descriptions)
     vectors = np.asarray(label_vectors, dtype=np.float32)
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
@@ -66,7 +74,8 @@ def build(
         dim=int(vectors.shape[1]),
         head="linear",
         labels=list(labels),
-        training={"method": "zero-shot", "texts": label_texts(labels, descriptions), "scale": SCALE},
+        training={"method": "zero-shot", "texts": texts or label_texts(labels, descriptions), "scale": scale,
+                  **(extra or {})},
     )
-    tensors = {"weight": vectors * SCALE, "bias": np.zeros(len(labels), dtype=np.float32)}
+    tensors = {"weight": vectors * np.float32(scale), "bias": np.zeros(len(labels), dtype=np.float32)}
     return config, tensors

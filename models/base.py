@@ -42,6 +42,8 @@ class Backbone(ABC):
     int8: dict[str, Any] | None = None  # the int8 gate's verdict when int8 was asked for
     max_rows: int = 1  # rows per ONNX Runtime call (int8 text: 1, so no row's scale depends on another's)
     licence: str = "unknown"  # the weights' licence (models/catalog.licence; load_backbone sets it)
+    parity: dict[str, Any] | None = None  # the parity gate's figures per graph (models/parity.py)
+    deep_refusal: str | None = None  # why deep adapters are not offered, where the family has no split graphs
 
     @abstractmethod
     def prepare(self, item: Any) -> Any:
@@ -92,4 +94,6 @@ class Backbone(ABC):
             "precision": self.precision,
             "max_rows_per_call": self.max_rows,
             **({"int8_gate": self.int8} if self.int8 else {}),
+            **({"parity_gate": self.parity} if self.parity else {}),
+            **({"deep_adapters": {"methods": [], "refused": self.deep_refusal}} if self.deep_refusal else {}),
         }

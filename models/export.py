@@ -15,6 +15,8 @@ import json
 import logging
 import os
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +33,8 @@ EXPORT_SETTINGS: dict[str, Any] = {
     "opset": 17,
     "attention": "eager",  # sdpa exports are not matched by ORT's attention fusion
     "exporter": "torchscript",
+    # model_type: the BERT family's; each family's own is in models/families.py (the artifact
+    # key follows it through the fingerprint's config.json).
     "optimizer": {"model_type": "bert", "opt_level": 1},
     "fp16": {"keep_io_types": True},
 }
@@ -46,7 +50,22 @@ IMAGE_EXPORT_SETTINGS: dict[str, Any] = {
 }
 
 
+# Image backbones from a Hugging Face directory (models/hf_image.py): uint8 pixels in, the
+# L2-normalised pooled output out; no classifier logits (int8: none offered, models/int8.py).
+# CLIP adds its text tower, a graph of its own (ensure_text_tower).
+HF_IMAGE_EXPORT_SETTINGS: dict[str, Any] = {
+    "format": 1,
+    "opset": 17,
+    "exporter": "torchscript",
+    "attention": "eager",
+    "outputs": ["embeddings"],
+    "fp16": {"keep_io_types": True},
+}
+
+
 def export_settings(spec: BackboneSpec) -> dict[str, Any]:
+    if spec.hf_image:
+        return HF_IMAGE_EXPORT_SETTINGS
     return IMAGE_EXPORT_SETTINGS if spec.kind == "image" else EXPORT_SETTINGS
 
 
@@ -70,7 +89,121 @@ def artifact_key(spec: BackboneSpec) -> str:
 
 
 def artifact_dir(spec: BackboneSpec, home: Path) -> Path:
+    if _PREPARED.get() is not None:  # read-only artifacts: the folder `prepare` recorded
+        return Path(home) / "backbones" / prepared_key(spec, home)
     return Path(home) / "backbones" / artifact_key(spec)
+
+
+# -- prepared artifacts (GRAFT_PREPARED=required) --------------------------------------------
+# `prepare` (service/cli.py) is the one place artifacts are built: at image build or by a
+# Kubernetes Job into a volume that serving pods mount read-only. A serving process there has
+# neither torch nor transformers (the `export` extra): it loads ready files only and refuses to
+# start, naming the missing file and the command that builds it, rather than export.
+
+# What the graphs run on: prepared artifacts serve only where these are the same versions.
+RUNTIME_DISTS = ("onnx", "onnxruntime", "onnxruntime-gpu")
+
+
+class ArtifactMissingError(RuntimeError):
+    """GRAFT_PREPARED=required and an artifact that `prepare` builds is not there (or was
+    built for other weights or another runtime)."""
+
+
+@dataclass(frozen=True)
+class PreparedOnly:
+    """Only prepared artifacts are used. `local`: a writable directory (the serving process's
+    own GRAFT_HOME) for what depends on this node alone: the int8 gates' verdicts for a CPU
+    that `prepare` did not run on (measured with ONNX Runtime only, from prepared graphs)."""
+
+    local: Path
+
+
+_PREPARED: ContextVar[PreparedOnly | None] = ContextVar("graft_prepared_only", default=None)
+
+
+@contextmanager
+def prepared_only(local: Path | None) -> Iterator[None]:
+    """Within: nothing is exported or built (`local` None: as usual, build what is missing)."""
+    token = _PREPARED.set(PreparedOnly(Path(local)) if local is not None else None)
+    try:
+        yield
+    finally:
+        _PREPARED.reset(token)
+
+
+def prepare_command(spec: BackboneSpec, home: Path) -> str:
+    return (f"build it with `GRAFT_HOME={home} python -m service.cli prepare {spec.id}` (`graft prepare`, where "
+            "torch and transformers are installed: pip install '.[export]'), at image build or with the prepare Job "
+            "(k8s/base/prepare.yaml)")
+
+
+def require(spec: BackboneSpec, home: Path, paths: tuple[Path, ...], what: str) -> None:
+    """Under prepared_only: raise ArtifactMissingError naming the first missing file."""
+    if _PREPARED.get() is None:
+        return
+    for path in paths:
+        if not path.is_file():
+            raise ArtifactMissingError(
+                f"backbone {spec.id!r}: {what} is not prepared ({path} is missing) and GRAFT_PREPARED=required "
+                f"(this process exports nothing): {prepare_command(spec, home)}")
+
+
+def runtime_versions() -> dict[str, str]:
+    return {k: v for k, v in library_versions().items() if k in RUNTIME_DISTS}
+
+
+def prepared_index(spec: BackboneSpec, home: Path) -> Path:
+    return Path(home) / "backbones" / "prepared" / f"{spec.id}.json"
+
+
+def record_prepared(spec: BackboneSpec, home: Path, **extra: Any) -> Path:
+    """What `prepare` leaves for serving processes: the artifact folder of this backbone,
+    found without the export libraries (their versions are part of the artifact key), and what
+    it was built from, checked when it is read."""
+    index = prepared_index(spec, home)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    record = {"backbone": spec.id, "fingerprint": spec.fingerprint, "artifact_key": artifact_key(spec),
+              "settings": export_settings(spec), "runtime": runtime_versions(), "versions": library_versions(),
+              **extra}
+    with atomic_write(index) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+    return index
+
+
+def prepared_key(spec: BackboneSpec, home: Path) -> str:
+    """The artifact key `prepare` recorded for this backbone, checked against these weights,
+    this export code and this runtime."""
+    index = prepared_index(spec, home)
+    if not index.is_file():
+        raise ArtifactMissingError(
+            f"backbone {spec.id!r} is not prepared in {home} ({index} is missing) and GRAFT_PREPARED=required "
+            f"(this process exports nothing): {prepare_command(spec, home)}")
+    record = json.loads(index.read_text())
+    if record["fingerprint"] != spec.fingerprint:
+        why = f"was prepared from other weights (fingerprint {record['fingerprint']}, now {spec.fingerprint})"
+    elif record["settings"] != json.loads(json.dumps(export_settings(spec))):
+        why = "was prepared by another version of Graft's export (its settings differ)"
+    elif record["runtime"] != runtime_versions():
+        why = f"was prepared for {record['runtime']}, this process runs {runtime_versions()}"
+    else:
+        return str(record["artifact_key"])
+    raise ArtifactMissingError(f"backbone {spec.id!r} {why} ({index}): prepare it again: {prepare_command(spec, home)}")
+
+
+def lock_dir(spec: BackboneSpec, home: Path) -> Path:
+    """Where this backbone's per-node verdicts are written (and their lock taken): beside the
+    artifacts, or under prepared_only, in the process's own writable directory."""
+    mode = _PREPARED.get()
+    folder = artifact_dir(spec, home) if mode is None else mode.local / "gates" / prepared_key(spec, home)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def verdict_file(spec: BackboneSpec, home: Path, name: str) -> Path:
+    """A per-CPU gate verdict: the prepared one when `prepare` ran on this kind of CPU, else
+    this process's own (lock_dir)."""
+    prepared = artifact_dir(spec, home) / name
+    return prepared if prepared.is_file() else lock_dir(spec, home) / name
 
 
 def ensure_artifact(spec: BackboneSpec, precision: str, home: Path) -> Path:
@@ -82,6 +215,7 @@ def ensure_artifact(spec: BackboneSpec, precision: str, home: Path) -> Path:
     target = folder / f"{precision}.onnx"
     if target.is_file():
         return target
+    require(spec, home, (target,), f"the {precision} graph")
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / ".lock"):
         if not target.is_file():
@@ -124,6 +258,25 @@ def ensure_image_split(spec: BackboneSpec, shape: Any, home: Path) -> tuple[Path
                                version=f"i{IMAGE_SPLIT_SETTINGS['format']}")
 
 
+def ensure_text_tower(spec: BackboneSpec, home: Path) -> tuple[Path, Path]:
+    """A CLIP backbone's text tower (fp32 graph: input_ids, attention_mask -> projected unit
+    vectors) and its logit scale (JSON), exporting them when missing."""
+    from models.hf_image import export_text_tower
+
+    folder = artifact_dir(spec, home)
+    graph, meta = folder / "text-tower.onnx", folder / "text-tower.json"
+    if graph.is_file() and meta.is_file():
+        return graph, meta
+    require(spec, home, (graph, meta), "the text tower")
+    folder.mkdir(parents=True, exist_ok=True)
+    with locked(folder / ".lock"):
+        if not (graph.is_file() and meta.is_file()):
+            log.info("exporting %s text tower to ONNX", spec.id)
+            with atomic_write(graph) as g, atomic_write(meta) as m:
+                export_text_tower(spec, g, m, HF_IMAGE_EXPORT_SETTINGS["opset"])
+    return graph, meta
+
+
 def _ensure_split_files(spec: BackboneSpec, shape: Any, home: Path, names: tuple[str, ...],
                         export: Any, what: str, version: str | None = None) -> tuple[Path, ...]:
     """Files `export(spec, shape, *paths)` writes together, under the artifact folder, named
@@ -138,6 +291,7 @@ def _ensure_split_files(spec: BackboneSpec, shape: Any, home: Path, names: tuple
     paths = tuple(folder / name.format(tag=tag) for name in names)
     if all(p.is_file() for p in paths):
         return paths
+    require(spec, home, paths, "the graphs " + what.format(split=shape.split))
     folder.mkdir(parents=True, exist_ok=True)
     with locked(folder / ".lock"):
         if not all(p.is_file() for p in paths):
@@ -199,9 +353,15 @@ def atomic_write(target: Path) -> Iterator[Path]:
 
 
 def load_torch_encoder(spec: BackboneSpec):  # -> TorchTextEncoder (torch imported lazily)
-    """The frozen torch model with the same pooling and normalisation as the ONNX graph."""
+    """The frozen torch model with the same pooling, Dense modules and normalisation as the
+    ONNX graph: (input_ids, attention_mask) -> unit vectors, whatever the family (models that
+    take token_type_ids get zeros, as a single-segment text has)."""
+    import inspect
+
     import torch
     from transformers import AutoModel
+
+    from models.split import pool
 
     class TorchTextEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -209,19 +369,13 @@ def load_torch_encoder(spec: BackboneSpec):  # -> TorchTextEncoder (torch import
             self.encoder = AutoModel.from_pretrained(
                 str(spec.path), attn_implementation="eager", local_files_only=True
             )
+            self.takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+            self.dense = torch.nn.ModuleList(dense_modules(spec))
 
         def forward(self, input_ids, attention_mask):  # type: ignore[no-untyped-def]
-            hidden = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            ).last_hidden_state
-            if spec.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2, dim=1)
+            extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.takes_token_types else {}
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            return pool(hidden, attention_mask, spec.pooling, self.dense)
 
     model = TorchTextEncoder().eval()
     for p in model.parameters():
@@ -229,8 +383,42 @@ def load_torch_encoder(spec: BackboneSpec):  # -> TorchTextEncoder (torch import
     return model
 
 
+_ACTIVATIONS = {"torch.nn.modules.activation.Tanh": "Tanh", "torch.nn.modules.linear.Identity": "Identity",
+                "torch.nn.modules.activation.ReLU": "ReLU", "torch.nn.modules.activation.GELU": "GELU"}
+
+
+def dense_modules(spec: BackboneSpec) -> list:  # -> list[torch.nn.Module]
+    """The sentence-transformers Dense modules of the model (modules.json), in order: a linear
+    layer and its activation each, with their saved weights."""
+    import torch
+
+    out = []
+    for folder in spec.dense:
+        path = spec.path / folder
+        config = json.loads((path / "config.json").read_text())
+        act = config.get("activation_function", "torch.nn.modules.activation.Tanh")
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"{path / 'config.json'}: Dense activation {act!r} is not supported: {sorted(_ACTIVATIONS)}")
+        linear = torch.nn.Linear(int(config["in_features"]), int(config["out_features"]),
+                                 bias=bool(config.get("bias", True)))
+        if (path / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(path / "model.safetensors"))
+        else:
+            state = torch.load(str(path / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        linear.load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
+        out.append(torch.nn.Sequential(linear, getattr(torch.nn, _ACTIVATIONS[act])()))
+    return out
+
+
 def export_onnx(spec: BackboneSpec, out: Path) -> None:
     """Plain fp32 export: pooling and L2 normalisation inside the graph, dynamic axes."""
+    if spec.hf_image:
+        from models.hf_image import export_image_onnx as export_hf_image
+
+        export_hf_image(spec, out, HF_IMAGE_EXPORT_SETTINGS["opset"])
+        return
     if spec.kind == "image":
         from models.image import export_image_onnx
 
@@ -258,13 +446,31 @@ def export_onnx(spec: BackboneSpec, out: Path) -> None:
 
 
 def _optimize(spec: BackboneSpec, raw: Path, out: Path, *, use_gpu: bool, fp16: bool = False) -> None:
+    """ORT's transformer optimiser of the model's family (models/families.py); a family it
+    has no pattern for is served as exported (fp16: weights converted)."""
     from onnxruntime.transformers.optimizer import optimize_model
     from transformers import AutoConfig
 
+    from models.families import family_of_dir
+
+    family = family_of_dir(spec.path)
+    if family.optimizer is None:
+        import shutil
+
+        log.info("no ORT transformer fusion for %s (%s): served as exported", spec.id, family.name)
+        if not fp16:
+            shutil.copyfile(raw, out)
+            return
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(raw)), keep_io_types=EXPORT_SETTINGS["fp16"]["keep_io_types"]),
+                  str(out))
+        return
     config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True)
     model = optimize_model(
         str(raw),
-        model_type=EXPORT_SETTINGS["optimizer"]["model_type"],
+        model_type=family.optimizer,
         num_heads=config.num_attention_heads,
         hidden_size=config.hidden_size,
         opt_level=EXPORT_SETTINGS["optimizer"]["opt_level"],

@@ -110,8 +110,11 @@ class ImageBackbone(Backbone):
     kind = "image"
 
     def __init__(self, spec: BackboneSpec, runner: OrtRunner, limits: ImageLimits | None = None,
-                 split: Any = None) -> None:
+                 split: Any = None, text_tower: Any = None) -> None:
         self.spec = spec
+        # CLIP-style dual encoders (models/hf_image.TextTower): label prompts embedded in the
+        # image space, for zero-shot image adapters (service/versions.py); None: images only.
+        self.text_tower = text_tower
         self.split = split  # models/image_split.ImageSplitRunner (unfreeze adapters), or None: head-only
         self.id = spec.id
         self.fingerprint = spec.fingerprint
@@ -132,12 +135,20 @@ class ImageBackbone(Backbone):
         if not isinstance(item, (bytes, bytearray, memoryview)):
             kind = "text" if isinstance(item, str) else type(item).__name__
             raise ItemError(f'backbone {self.id!r} embeds images: send {{"image": "<base64 PNG or JPEG>"}}, not {kind}')
+        if self.spec.hf_image:  # the model's own preprocessing (preprocessor_config.json)
+            from models.hf_image import decode
+
+            return decode(bytes(item), self.limits, self.spec.preprocessing)
         return decode_image(bytes(item), self.limits, self.size)
 
     def check(self, item: Any) -> None:
         """The header only: format, and pixels within the limits (fine-tune uploads)."""
         if not isinstance(item, (bytes, bytearray, memoryview)):
             self.prepare(item)
+            return
+        if self.spec.hf_image:
+            kind, a, b = self.spec.preprocessing.resize
+            open_image(bytes(item), self.limits, max(a, b, self.size))
             return
         open_image(bytes(item), self.limits, self.size)
 
@@ -211,6 +222,12 @@ class ImageBackbone(Backbone):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
+        if self.spec.hf_image:
+            out.update(family=self.spec.family, pooling=self.spec.pooling, image_size=self.size,
+                       preprocessing=self.spec.preprocessing.as_dict())
+        if self.text_tower is not None:
+            out["zero_shot"] = {"prompt": self.text_tower.prompt, "logit_scale": round(self.text_tower.logit_scale, 4),
+                                "text_tower": "CLIP text encoder, projected, L2-normalised"}
         if self.split is not None:
             shape = self.split.shape
             out["deep_adapters"] = {"methods": ["unfreeze"], "layers": shape.layers - shape.split,
@@ -229,7 +246,13 @@ class ImageBackbone(Backbone):
 def load_torch_image_encoder(spec: BackboneSpec):  # -> torch.nn.Module
     """The frozen CNN: uint8 NHWC pixels -> scaled -> features -> global average pool -> L2."""
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
+
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ImportError(
+            f"backbone {spec.id!r}: building its graphs needs the wheel efficientnet-lite-pytorch (the export "
+            "extra; `make install` installs it with --no-deps)") from e
 
     class TorchImageEncoder(torch.nn.Module):
         def __init__(self) -> None:

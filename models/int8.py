@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from models.catalog import BackboneSpec
-from models.export import artifact_dir, atomic_write, ensure_artifact, locked
+from models.export import artifact_dir, atomic_write, ensure_artifact, locked, require, verdict_file
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ def ensure_int8(spec: BackboneSpec, recipe: str, home: Path) -> Path:
     target = folder / recipe_file(recipe)
     if target.is_file():
         return target
+    require(spec, home, (target,), f"the int8 graph of recipe {recipe}")
     source = ensure_artifact(spec, "fp32", home)
     with locked(folder / ".lock"):
         if not target.is_file():
@@ -306,16 +307,21 @@ def choose_int8(spec: BackboneSpec, home: Path, cpu: CpuFeatures | None = None) 
     cpu = cpu or cpu_features()
     folder = artifact_dir(spec, home)
     fp32 = ensure_artifact(spec, "fp32", home)
-    verdict_file = folder / f"int8-gate-{cpu.key}-{_gate_version()}.json"
-    if not verdict_file.is_file():
-        names = candidates(spec.kind, cpu)
+    # Prepared artifacts: the verdict `prepare` measured on this kind of CPU, else one measured
+    # here (ONNX Runtime only, on the prepared graphs) and kept in this process's GRAFT_HOME.
+    gate_file = verdict_file(spec, home, f"int8-gate-{cpu.key}-{_gate_version()}.json")
+    if not gate_file.is_file():
+        # Image directories (ViT, ConvNeXt, ResNet, CLIP) have no recipe: the image recipe is
+        # EfficientNet's (Conv/Clip/Add; its gate reads the ImageNet classifier's top-1), so they
+        # serve fp32 and the verdict says why.
+        names = [] if spec.hf_image else candidates(spec.kind, cpu)
         paths = {name: ensure_int8(spec, name, home) for name in names}
-        with locked(folder / ".lock"):
-            if not verdict_file.is_file():
+        with locked(gate_file.parent / ".lock"):
+            if not gate_file.is_file():
                 verdict = gate(spec, fp32, paths, cpu)
-                with atomic_write(verdict_file) as tmp:
+                with atomic_write(gate_file) as tmp:
                     tmp.write_text(json.dumps(verdict, indent=2))
-    verdict = json.loads(verdict_file.read_text())
+    verdict = json.loads(gate_file.read_text())
     recipe = verdict["recipe"]
     choice = Int8Choice(
         path=folder / recipe_file(recipe) if recipe else fp32,
@@ -339,6 +345,9 @@ def gate(spec: BackboneSpec, fp32: Path, recipes: dict[str, Path], cpu: CpuFeatu
         reason = f"serving int8 recipe {chosen} (" + ", ".join(f"{k} {figures[k]:.4f}" for k in bar) + ")"
     elif recipes:
         reason = "serving fp32: no int8 recipe met the bar on this CPU (" + "; ".join(misses) + ")"
+    elif spec.hf_image:
+        reason = (f"serving fp32: no int8 recipe for {spec.family} image backbones (the image recipe and its "
+                  "top-1 gate are EfficientNet's)")
     else:
         reason = (f"serving fp32: no int8 recipe for {spec.kind} backbones is exact on this CPU "
                   "(u8 x s8 sums saturate without VNNI; see docs/BENCHMARKS.md)")
@@ -435,27 +444,29 @@ def choose_split(spec: BackboneSpec, shape: Any, home: Path, cpu: CpuFeatures | 
     cpu = cpu or cpu_features()
     lower, upper = ensure_split(spec, shape, home)
     fp32 = ensure_artifact(spec, "fp32", home)  # before the lock (it takes it to build)
-    folder = artifact_dir(spec, home)
-    verdict_file = folder / f"{lower.stem}-gate-{cpu.key}-{_gate_version()}.json"
+    gate_file = verdict_file(spec, home, f"{lower.stem}-gate-{cpu.key}-{_gate_version()}.json")
     names = candidates("split", cpu)
 
     def build(name: str) -> tuple[Path, Path]:
         return _build_split(spec, shape, lower, upper, name)
 
-    with locked(folder / ".lock"):
-        if not verdict_file.is_file():
-            # Fastest first; each candidate built only when it is measured.
-            chosen, measured, misses = first_meeting(TEXT_BAR, {
-                name: (lambda n=name: _measure_split(spec, shape, fp32, *build(n))) for name in names})
-            reason = (f"split graphs int8 {chosen} (min_cosine {measured[chosen]['min_cosine']:.4f})" if chosen
-                      else "split graphs fp32: " + ("; ".join(misses) or "no split recipe for this CPU"))
-            verdict = {"recipe": chosen, "cpu": cpu.describe(), "measured": measured, "reason": reason}
-            with atomic_write(verdict_file) as tmp:
-                tmp.write_text(json.dumps(verdict, indent=2))
-        verdict = json.loads(verdict_file.read_text())
-        chosen = verdict["recipe"]
-        if chosen:
-            build(chosen)  # its graphs may have been deleted since the verdict
+    if not gate_file.is_file():  # (a kept verdict is read without the lock: prepared artifacts are read-only)
+        with locked(gate_file.parent / ".lock"):
+            if not gate_file.is_file():
+                # Fastest first; each candidate built only when it is measured.
+                chosen, measured, misses = first_meeting(TEXT_BAR, {
+                    name: (lambda n=name: _measure_split(spec, shape, fp32, *build(n))) for name in names})
+                reason = (f"split graphs int8 {chosen} (min_cosine {measured[chosen]['min_cosine']:.4f})" if chosen
+                          else "split graphs fp32: " + ("; ".join(misses) or "no split recipe for this CPU"))
+                verdict = {"recipe": chosen, "cpu": cpu.describe(), "measured": measured, "reason": reason}
+                with atomic_write(gate_file) as tmp:
+                    tmp.write_text(json.dumps(verdict, indent=2))
+    verdict = json.loads(gate_file.read_text())
+    chosen = verdict["recipe"]
+    if chosen and not all(p.is_file() for p in split_paths(lower, upper, chosen)):
+        require(spec, home, split_paths(lower, upper, chosen), f"the split graphs of int8 recipe {chosen}")
+        with locked(artifact_dir(spec, home) / ".lock"):
+            build(chosen)  # its graphs may have been deleted since the verdict (prepared: refused, named)
     log.info("%s split at layer %d: %s", spec.id, shape.split, verdict["reason"])
     return Int8Choice(split_paths(lower, upper, chosen)[0] if chosen else lower, "int8" if chosen else "fp32",
                       chosen, verdict["cpu"], verdict["measured"], verdict["reason"])
@@ -474,6 +485,7 @@ def split_recipe(spec: BackboneSpec, shape: Any, home: Path, recipe: str) -> tup
 def _build_split(spec: BackboneSpec, shape: Any, lower: Path, upper: Path, recipe: str) -> tuple[Path, Path]:
     """Under the artifact folder's lock."""
     paths = split_paths(lower, upper, recipe)
+    require(spec, lower.parents[2], paths, f"the split graphs of int8 recipe {recipe}")  # home/backbones/<key>/
     for src, target in zip((lower, upper), paths):
         if not target.is_file():
             with atomic_write(target) as tmp:

@@ -107,14 +107,33 @@ class SplitShape:
                 "intermediate": self.intermediate}
 
 
-def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
-    from transformers import AutoConfig
+class DeepUnsupportedError(ValueError):
+    """The backbone's family has no split graphs: deep adapters (lora, unfreeze) are refused."""
 
-    config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True)
-    n = int(config.num_hidden_layers)
+
+def split_shape(spec: BackboneSpec, top_layers: int) -> SplitShape:
+    import json
+
+    from models.families import family_of_dir
+
+    family = family_of_dir(spec.path)
+    if not family.deep:
+        raise DeepUnsupportedError(
+            f"backbone {spec.id!r} ({family.name}) does not support deep adapters (methods lora and unfreeze): its "
+            "layers are not BERT-shaped, which the split graphs need; use method head (or lexical, hybrid)")
+
+    # config.json as written (serving has no transformers); its class's defaults only for a
+    # key it leaves out (BERT-shaped configs write all three).
+    config = json.loads((Path(spec.path) / "config.json").read_text())
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size")
+    if not all(k in config for k in keys):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(spec.path), local_files_only=True).to_dict()
+    n = int(config["num_hidden_layers"])
     if not 1 <= top_layers <= n:
         raise ValueError(f"backbone {spec.id!r} has {n} layers: adapt between 1 and {n} of them")
-    return SplitShape(n, n - top_layers, int(config.hidden_size), int(config.intermediate_size))
+    return SplitShape(n, n - top_layers, int(config["hidden_size"]), int(config["intermediate_size"]))
 
 
 def extended_mask(config: Any, hidden: Any, mask: Any) -> Any:
@@ -128,14 +147,25 @@ def extended_mask(config: Any, hidden: Any, mask: Any) -> Any:
                                      allow_is_bidirectional_skip=False)
 
 
-def pool(hidden: Any, mask: Any, pooling: str) -> Any:
+def pool(hidden: Any, mask: Any, pooling: str, dense: Any = ()) -> Any:
+    """Pooling as sentence-transformers does it (mean, cls, max over the unmasked tokens, or
+    the last unmasked token: rows are padded on the right), the Dense modules, then L2."""
     import torch
 
     if pooling == "cls":
         pooled = hidden[:, 0]
-    else:
+    elif pooling == "max":
+        pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, -1e9).max(1).values
+    elif pooling == "last-token":
+        last = (mask.sum(1) - 1).clamp(min=0)
+        pooled = hidden[torch.arange(hidden.shape[0]), last]
+    elif pooling == "mean":
         m = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    else:
+        raise ValueError(f"unknown pooling {pooling!r}")
+    for module in dense:
+        pooled = module(pooled)
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
@@ -145,7 +175,8 @@ def build_modules(spec: BackboneSpec, shape: SplitShape):  # -> (lower, upper) t
 
     from models.export import load_torch_encoder
 
-    encoder = load_torch_encoder(spec).encoder
+    whole = load_torch_encoder(spec)
+    encoder, dense = whole.encoder, list(whole.dense)
 
     class Lower(torch.nn.Module):
         def __init__(self) -> None:
@@ -171,9 +202,11 @@ def build_modules(spec: BackboneSpec, shape: SplitShape):  # -> (lower, upper) t
             ext = extended_mask(encoder.config, hidden, attention_mask)
             for layer in self.layers:
                 hidden = layer(hidden, attention_mask=ext)
-            return pool(hidden, attention_mask, spec.pooling)
+            return pool(hidden, attention_mask, spec.pooling, self.dense)
 
-    return Lower().eval(), Upper().eval()
+    upper = Upper()
+    upper.dense = torch.nn.ModuleList(dense)  # the sentence-transformers Dense modules, frozen
+    return Lower().eval(), upper.eval()
 
 
 class BatchedLoRA:

@@ -28,18 +28,27 @@ class Tokens:
 class Tokenizer:
     """Hugging Face fast tokenizer with truncation to the backbone's token limit."""
 
-    def __init__(self, tokenizer_json: Path, max_tokens: int) -> None:
+    def __init__(self, tokenizer_json: Path, max_tokens: int, *, pad_token: str | None = None,
+                 pad_id: int | None = None, prefix: str = "") -> None:
         from tokenizers import Tokenizer as HFTokenizer
 
         self._tok = HFTokenizer.from_file(str(tokenizer_json))
+        padding = self._tok.padding  # the tokenizer's own padding settings, if it has any
         self._tok.enable_truncation(max_length=max_tokens)
         self._tok.no_padding()  # rows are padded per sub-batch (pad), to the longest in it
-        pad_id = self._tok.token_to_id("[PAD]")
-        self.pad_id = pad_id if pad_id is not None else 0
+        # The pad token: the tokenizer's (its padding settings, then its config's pad_token),
+        # then the model config's pad_token_id; "[PAD]" / "<pad>" by name; else 0.
+        found = [padding["pad_id"] if padding else None,
+                 self._tok.token_to_id(pad_token) if pad_token else None, pad_id,
+                 self._tok.token_to_id("[PAD]"), self._tok.token_to_id("<pad>")]
+        self.pad_id = next((int(i) for i in found if i is not None), 0)
         self.max_tokens = max_tokens
+        self.prefix = prefix  # the backbone's query prompt (catalogue `prompts.query`), before every text
 
     def tokenize(self, texts: list[str]) -> list[Tokens]:
         """One Rust call for all texts (it releases the GIL while it works)."""
+        if self.prefix:
+            texts = [self.prefix + t for t in texts]
         return [Tokens(np.array(e.ids, dtype=np.int64), bool(e.overflowing)) for e in self._tok.encode_batch(texts)]
 
     def pad(self, rows: list[Tokens]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +74,32 @@ def load_tokenizer(spec: BackboneSpec) -> Tokenizer:
             f"{spec.path} has no tokenizer.json (a fast tokenizer); save one with "
             "`AutoTokenizer.from_pretrained(path).save_pretrained(path)`"
         )
-    return Tokenizer(path, spec.max_tokens)
+    return Tokenizer(path, spec.max_tokens, pad_token=_configured_pad_token(spec.path),
+                     pad_id=_config_pad_id(spec.path), prefix=spec.query_prompt)
+
+
+def _configured_pad_token(path: Path) -> str | None:
+    """pad_token of tokenizer_config.json or special_tokens_map.json (a string, or a dict
+    with "content")."""
+    import json
+
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        f = path / name
+        if f.is_file():
+            value = json.loads(f.read_text()).get("pad_token")
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _config_pad_id(path: Path) -> int | None:
+    import json
+
+    f = path / "config.json"
+    value = json.loads(f.read_text()).get("pad_token_id") if f.is_file() else None
+    return int(value) if isinstance(value, int) else None
 
 
 class UpperWeights:
@@ -235,6 +269,7 @@ class TextBackbone(Backbone):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
+        out.update(family=self.spec.family, pooling=self.spec.pooling, max_tokens=self.max_tokens)
         if self.split is not None:
             shape = self.split.shape
             methods = ["lora", "unfreeze"] if self.split.upper_weights else ["lora"]

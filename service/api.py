@@ -31,6 +31,14 @@ settings = get_settings()
 for _value, _setting in ((settings.admin_key, "GRAFT_ADMIN_KEY"), (settings.signing_key, "GRAFT_SIGNING_KEY")):
     if _value:
         check_secret(_value, _setting)
+if settings.prepared == "required":
+    # Serving from prepared artifacts (no torch, no transformers): a backbone that was not
+    # prepared, or prepared for other weights, runtime or split settings, stops the process
+    # here with what is missing and the command that builds it, instead of exporting.
+    from models.loader import check_prepared
+
+    check_prepared(settings.backbones, settings.artifacts_home, split_layers=settings.split_layers,
+                   image_split_blocks=settings.image_split_blocks)
 
 
 def _route_logs_through_bentoml() -> None:

@@ -7,8 +7,9 @@ import logging
 import sys
 
 from models import load_backbone
-from models.catalog import UnknownBackboneError, resolve_spec
-from service.settings import Settings
+from models.catalog import CatalogError, UnknownBackboneError, check_unique_ids, resolve_spec
+from models.families import UnsupportedFamilyError
+from models.parity import ParityError
 
 
 def main() -> None:
@@ -23,7 +24,16 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("models", "service"):
         logging.getLogger(name).setLevel(logging.INFO)
-    settings = Settings()
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as e:  # a bad catalogue file or GRAFT_BACKBONES: what and where, no traceback
+        print(f"python -m service.cli: {'; '.join(err['msg'].removeprefix('Value error, ') for err in e.errors())}",
+              file=sys.stderr)
+        sys.exit(2)
     if args.command == "sign-versions":
         from adapters.registry import Registry, default_url
         from service.auth import load_signing_key
@@ -33,15 +43,47 @@ def main() -> None:
         registry.close()
         return
     names = args.names or settings.backbones
+    home = settings.artifacts_home  # GRAFT_ARTIFACTS, else GRAFT_HOME
     try:
+        check_unique_ids(names)
         for name in names:  # every name checked before anything is built: a typo fails at once
             resolve_spec(name)
         for name in names:
-            load_backbone(name, settings.home, precision=settings.precision, provider=settings.provider)
-    except UnknownBackboneError as e:  # one line, no traceback: what to use instead
+            # The split graphs too (GRAFT_SPLIT_LAYERS, or the entry's split_layers): all of
+            # them pass the parity gate here, not at a serving pod's start.
+            backbone = load_backbone(name, home, precision=settings.precision, provider=settings.provider,
+                                     split_layers=settings.split_layers,
+                                     image_split_blocks=settings.image_split_blocks)
+            gate = backbone.parity or {}
+            print(f"{backbone.id}: {backbone.kind}, {backbone.precision}, dim {backbone.dim}"
+                  + "".join(f"; parity {g} max abs diff {v['max_abs_diff']:.1e} <= {v['bar']:.0e}"
+                            for g, v in gate.items())
+                  + (f"; int8 gate: {backbone.int8['reason']}" if backbone.int8 else ""))
+            print(f"{backbone.id}: prepared in {record(backbone, home)}")
+    except (UnknownBackboneError, CatalogError, UnsupportedFamilyError, ParityError) as e:
+        # One line, no traceback: what is wrong and what to do.
         print(f"python -m service.cli prepare: {e}", file=sys.stderr)
         sys.exit(2)
 
+
+def record(backbone, home):  # type: ignore[no-untyped-def]  # -> Path
+    """What serving processes with GRAFT_PREPARED=required need beyond the graphs the load
+    built: every int8 recipe's graphs (the CPU-independent part of the int8 gates), so a node
+    of another kind of CPU gates itself with ONNX Runtime alone; then the record they find the
+    artifacts by (models/export.py record_prepared)."""
+    from models.export import record_prepared
+    from models.int8 import RECIPES, ensure_int8, split_recipe
+
+    spec, split = backbone.spec, backbone.split  # split: text or image split graphs, or None
+    if backbone.int8 is not None and not spec.hf_image:  # int8 asked for (image directories have no recipe)
+        for name, recipe in RECIPES.items():
+            if recipe["kind"] == spec.kind:
+                ensure_int8(spec, name, home)
+            elif recipe["kind"] == "split" and spec.kind == "text" and split is not None:
+                split_recipe(spec, split.shape, home, name)
+    top = (split.shape.layers - split.shape.split) if split is not None else 0
+    return record_prepared(spec, home, prepared_with={
+        "precision": backbone.precision, "split_layers" if spec.kind == "text" else "image_split_blocks": top})
 
 if __name__ == "__main__":
     main()

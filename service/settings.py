@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.image import ImageLimits
@@ -15,10 +15,22 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRAFT_", extra="ignore")
 
     home: Path = Field(Path(".graft"), description="cache of ONNX artifacts and local state")
+    artifacts: Path | None = Field(
+        None, description="where backbone artifacts (ONNX graphs, parity and int8 verdicts) are read and built; "
+                          "default GRAFT_HOME. With GRAFT_PREPARED=required: what `python -m service.cli prepare` "
+                          "built, e.g. a volume mounted read-only")
+    prepared: Literal["build", "required"] = Field(
+        "build", description="build: artifacts missing at start are exported then (needs the export extra: torch, "
+                             "transformers); required: only prepared artifacts are loaded (no torch or transformers "
+                             "imported) and a server without them refuses to start, naming what is missing and the "
+                             "command that builds it")
     backbones: list[str] = Field(
         ["minilm-l6", "efficientnet-lite0"], description="backbones loaded at start (JSON list)"
     )
     default_backbone: str = "minilm-l6"
+    catalog: Path | None = Field(
+        None, description="a catalogue file (YAML) of your own backbones, read beside the built-in one "
+                          "(models/catalog.yaml); models/catalog.py reads this variable itself")
     precision: Literal["auto", "fp32", "int8", "fp16"] = Field(
         "auto", description="auto: int8 on CPU, fp16 on CUDA"
     )
@@ -105,6 +117,25 @@ class Settings(BaseSettings):
     max_queued_items: int = Field(
         4096, ge=1, description="items waiting for one backbone beyond which requests get 503 with Retry-After"
     )
+
+    @model_validator(mode="after")
+    def _distinct_backbones(self) -> "Settings":
+        """Two configured names that would serve under one id (two directories of the same
+        base name) are refused at start, not left to overwrite each other."""
+        from models.catalog import check_unique_ids
+
+        check_unique_ids(self.backbones)
+        return self
+
+    @property
+    def artifacts_home(self) -> Path:
+        """Where backbone artifacts are: GRAFT_ARTIFACTS, else GRAFT_HOME."""
+        return self.artifacts or self.home
+
+    def prepared_only(self) -> Path | None:
+        """load_backbone's `prepared`: GRAFT_HOME (writable: this CPU's int8 verdicts when
+        `prepare` ran on another kind) with GRAFT_PREPARED=required, else None (build)."""
+        return self.home if self.prepared == "required" else None
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=int(self.max_image_mb * 1024 * 1024), max_pixels=self.max_image_pixels)

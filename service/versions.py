@@ -37,10 +37,21 @@ class Versions:
         if not await asyncio.to_thread(self.registry.tenant_exists, tenant):
             raise NotFound(f"unknown tenant {tenant!r}: create it with POST /v1/tenants")
         model = self.inference.backbone(backbone)
+        tower = getattr(model, "text_tower", None)
+        if tower is not None:  # CLIP-style: label prompts through the text tower, the model's logit scale
+            texts = tower.texts(labels, descriptions)
+            vectors = await asyncio.to_thread(tower.embed, texts)
+            config, tensors = zero_shot.build(
+                model.id, model.fingerprint, labels, vectors, descriptions, scale=tower.logit_scale, texts=texts,
+                extra={"prompt": tower.prompt, "tower": "text"})
+            config, weights = adapter_format.encode(config, tensors)
+            return await asyncio.to_thread(self.registry.create_adapter, tenant, adapter, config, weights,
+                                           max_adapters=self.settings.max_adapters_per_tenant)
         if model.kind != "text":
             raise InvalidInput(
                 f"zero-shot adapters embed the label names as text, and backbone {model.id!r} embeds "
-                f"{model.kind}s: train an adapter from labeled examples with POST /v1/finetune",
+                f"{model.kind}s without a text tower (a CLIP-style text-image backbone has one): train an adapter "
+                "from labeled examples with POST /v1/finetune",
                 {"backbone": model.id, "kind": model.kind},
             )
         texts = zero_shot.label_texts(labels, descriptions)

@@ -145,7 +145,7 @@ class Worker:
                                     f"backbone {backbone_id!r} is not in the trainer's GRAFT_BACKBONES")
             try:
                 self._backbones[backbone_id] = load_backbone(
-                    name, s.home, precision=s.precision, provider=s.provider,
+                    name, s.artifacts_home, prepared=s.prepared_only(), precision=s.precision, provider=s.provider,
                     intra_op_threads=s.train_threads, image_limits=s.image_limits(), split_layers=s.split_layers,
                     image_split_blocks=s.image_split_blocks)
             except Exception as e:

@@ -86,21 +86,60 @@ def test_manifests_match_what_the_service_serves_and_reads(manifests, server):
     assert {p["name"]: p["containerPort"] for p in trainer["ports"]} == {"metrics": int(trainer_env["GRAFT_TRAIN_METRICS_PORT"])}
     assert find(docs, "PodMonitor", "graft-trainer")["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
-    for deployment in ("graft-api", "graft-trainer"):
-        spec = find(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    for kind, name in (("Deployment", "graft-api"), ("Deployment", "graft-trainer"), ("Job", "graft-prepare")):
+        spec = find(docs, kind, name)["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True
         container = spec["containers"][0]
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert env_of(container, docs)["GRAFT_HOME"] in mounts and "/tmp" in mounts
+    check_prepared_artifacts(docs, api, trainer)
 
     if overlay == "gpu":
         assert api["resources"]["limits"]["nvidia.com/gpu"] == 1
+        # fp16 artifacts are built where they serve: the prepare Job runs on a GPU node.
+        prepare = find(docs, "Job", "graft-prepare")["spec"]["template"]["spec"]["containers"][0]
+        assert prepare["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert env["GRAFT_PROVIDER"] == "cuda"
     if overlay == "dev":
         pg = find(docs, "StatefulSet", "graft-postgres")
         assert pg["spec"]["replicas"] == 1 and pg["spec"]["volumeClaimTemplates"]
         assert find(docs, "Secret", "graft-secrets")
+
+
+def artifact_mount(pod: dict, container: dict, env: dict[str, str]) -> tuple[dict, dict]:
+    """The volume mounted at GRAFT_ARTIFACTS and its mount."""
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["GRAFT_ARTIFACTS"]]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    return volume, mount
+
+
+def check_prepared_artifacts(docs: list[dict], api: dict, trainer: dict, api_pod: dict | None = None) -> None:
+    """Artifacts built once (issue 19): the prepare Job (the trainer image: torch) writes them
+    into a ReadWriteMany claim; the API (no torch in its image) and the trainer mount it
+    read-only with GRAFT_PREPARED=required, at the path GRAFT_ARTIFACTS names."""
+    from service import cli
+
+    job = find(docs, "Job", "graft-prepare")["spec"]["template"]["spec"]
+    prepare = job["containers"][0]
+    assert prepare["command"][-3:] == ["-m", "service.cli", "prepare"] and callable(cli.main)
+    assert prepare["image"] == trainer["image"] != api["image"]  # the serving image has no torch
+    job_env = env_of(prepare, docs)
+    assert set(job_env) <= {f"GRAFT_{name.upper()}" for name in Settings.model_fields}
+    assert job_env["GRAFT_PREPARED"] == "build"
+    volume, mount = artifact_mount(job, prepare, job_env)
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert not mount.get("readOnly")
+    pvc = find(docs, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    pods = [(api, api_pod), (trainer, find(docs, "Deployment", "graft-trainer")["spec"]["template"]["spec"])]
+    if api_pod is None:
+        pods[0] = (api, find(docs, "Deployment", "graft-api")["spec"]["template"]["spec"])
+    for container, pod in pods:
+        env = env_of(container, docs)
+        assert env["GRAFT_PREPARED"] == "required" and env["GRAFT_ARTIFACTS"] == job_env["GRAFT_ARTIFACTS"]
+        volume, mount = artifact_mount(pod, container, env)
+        assert volume["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True} and mount["readOnly"] is True
 
 
 def test_dashboard_queries_name_real_metrics():
@@ -206,7 +245,7 @@ def test_kserve_variant_matches_what_the_service_serves_and_reads(kserve_docs, s
     (container,) = runtime["containers"]
     assert container["name"] == "kserve-container"
     trainer = find(docs, "Deployment", "graft-trainer")["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == trainer["image"]  # one Graft image for both
+    check_prepared_artifacts(docs, container, trainer, api_pod=runtime)  # the runtime: serving image, no torch
     known = {f"GRAFT_{name.upper()}" for name in Settings.model_fields} | {"BENTOML_HOME"}
     env = env_of(container, docs)  # the base's ConfigMap graft-settings, then the container's own
     assert set(env) <= known, set(env) - known

@@ -11,25 +11,12 @@ from adapters.fewshot import SetFitParams, fit_head, pairs
 from adapters.format import decode
 from models import load_backbone
 from tests.integration.data import split
+from tests.unit.test_deep import Reporter
 
 
 @pytest.fixture(scope="module")
 def split_backbone(graft_home):
     return load_backbone("minilm-l6", graft_home, precision="fp32", split_layers=2)
-
-
-class Reporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict]] = []
-
-    def event(self, kind, data):
-        self.events.append((kind, data))
-
-    def progress(self, fraction):
-        pass
-
-    def cancelled(self):
-        return False
 
 
 class Cache:

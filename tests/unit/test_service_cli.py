@@ -18,7 +18,8 @@ def test_prepare_an_unknown_backbone_is_one_line_and_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines == [
         "python -m service.cli prepare: unknown backbone 'no-such-backbone': use one of "
-        "['efficientnet-lite0', 'minilm-l6'] or the path of a local Hugging Face encoder directory"
+        "['efficientnet-lite0', 'minilm-l6'] or the path of a local Hugging Face encoder directory "
+        "(or add it to a catalogue file: GRAFT_CATALOG)"
     ], r.stderr
     assert r.stdout == ""
     assert not (home / "backbones").exists()  # checked before minilm-l6 was built
