@@ -1,4 +1,7 @@
 """`python -m service.cli prepare`: build backbone artifacts ahead of serving.
+`python -m service.cli check-prepared`: exit 0 when every backbone was prepared for this
+process's settings (what a GRAFT_PREPARED=required server checks before it starts), else 3
+and what is missing (a pod's initContainer waits on it while the prepare Job runs).
 `python -m service.cli sign-versions`: sign adapter versions written before signing existed."""
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="export, optimise and quantise backbones into GRAFT_HOME")
     prep.add_argument("names", nargs="*", help="catalog ids or local model paths (default: GRAFT_BACKBONES)")
+    sub.add_parser("check-prepared", help="exit 0 when GRAFT_BACKBONES are prepared in GRAFT_ARTIFACTS for these "
+                                          "settings, else 3 and what is missing (no torch needed)")
     sub.add_parser("sign-versions", help="sign the adapter versions written before signing existed "
                                          "(for a registry database you trust; once, after upgrading)")
     args = parser.parse_args()
@@ -41,6 +46,18 @@ def main() -> None:
         registry = Registry(settings.database_url or default_url(settings.home), signing_key=load_signing_key(settings))
         print(f"signed {registry.sign_unsigned()} adapter versions")
         registry.close()
+        return
+    if args.command == "check-prepared":
+        from models.export import ArtifactMissingError
+        from models.loader import check_prepared
+
+        try:
+            check_prepared(settings.backbones, settings.artifacts_home, split_layers=settings.split_layers,
+                           image_split_blocks=settings.image_split_blocks)
+        except (ArtifactMissingError, UnknownBackboneError, CatalogError) as e:
+            print(f"python -m service.cli check-prepared: {e}", file=sys.stderr)
+            sys.exit(3)
+        print(f"prepared in {settings.artifacts_home}: {', '.join(settings.backbones)}")
         return
     names = args.names or settings.backbones
     home = settings.artifacts_home  # GRAFT_ARTIFACTS, else GRAFT_HOME

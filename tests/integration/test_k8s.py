@@ -274,3 +274,17 @@ def test_kserve_variant_matches_what_the_service_serves_and_reads(kserve_docs, s
         assert selector["matchLabels"].items() <= labels.items(), kind
     ingress = {p["port"] for rule in find(docs, "NetworkPolicy", "graft-api")["spec"]["ingress"] for p in rule["ports"]}
     assert int(env["GRAFT_PORT"]) in ingress
+
+
+def test_pods_wait_for_the_prepare_job_before_they_start(manifests):
+    """The API and the trainer wait in an initContainer (`check-prepared`, records only, the
+    artifacts volume read-only) until the prepare Job has built what they serve."""
+    _, docs = manifests
+    for name in ("graft-api", "graft-trainer"):
+        pod = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        (init,) = pod["initContainers"]
+        assert "python -m service.cli check-prepared" in " ".join(init["command"])
+        assert init["image"] == pod["containers"][0]["image"]
+        mounts = {m["name"]: m for m in init["volumeMounts"]}
+        assert mounts["graft-artifacts"]["readOnly"] is True
+        assert {e["configMapRef"]["name"] for e in init["envFrom"]} == {"graft-settings"}
