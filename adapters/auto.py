@@ -21,6 +21,8 @@ served is still the one trained on the train split (calibrated, evaluated and gu
 for any set); the test split, when there is one, is in no fold.
 
 Candidates, cheap first (`plan`): text backbones: a linear head on the frozen vectors,
+zero-shot (the label names embedded by the backbone: a head that learns nothing from the
+examples, scored like the others; CLIP-style image backbones too, through their text tower),
 lexical (TF-IDF n-grams from scratch), hybrid (n-grams and the vector), setfit (few-shot
 contrastive LoRA, adapters/fewshot.py) when the backbone is split and a class has at most
 FEWSHOT_MAX_PER_CLASS examples, LoRA on the top
@@ -75,7 +77,7 @@ IMAGE_AUGMENT = 2  # copies per training image for the "head, augmented" candida
 # AVX-512; bench_deep, bench_lexical, bench_autotl), and a fixed part. LoRA and unfreeze
 # include computing the lower graph's hidden states.
 RATE_S = {"head": 3.0, "head-mlp": 14.0, "lexical": 1.5, "hybrid": 1.5, "lora": 60.0,
-          "head-augmented": 25.0, "unfreeze": 80.0, "setfit": 400.0}
+          "head-augmented": 25.0, "unfreeze": 80.0, "setfit": 400.0, "zero-shot": 0.0}
 FIXED_S = 0.5
 
 
@@ -107,11 +109,14 @@ def split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(rest[tr]), np.sort(rest[va]), test
 
 
-def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any], smallest: int | None = None) -> list[str]:
-    """The candidates for this backbone and set (`smallest`: examples of its smallest class), cheap first."""
+def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any], smallest: int | None = None,
+         zero_shot: bool = False) -> list[str]:
+    """The candidates for this backbone and set (`smallest`: examples of its smallest class;
+    `zero_shot`: the backbone embeds label names: text, or a CLIP-style text tower), cheap first."""
+    first = ["head"] + (["zero-shot"] if zero_shot else [])
     if kind == "image":
-        return ["head", "head-augmented"] + (["unfreeze"] if split_shape is not None else [])
-    names = ["head", "lexical", "hybrid"]
+        return first + ["head-augmented"] + (["unfreeze"] if split_shape is not None else [])
+    names = first + ["lexical", "hybrid"]
     if split_shape is not None and smallest is not None and smallest <= FEWSHOT_MAX_PER_CLASS:
         names.append("setfit")
     if split_shape is not None and n >= LORA_MIN_EXAMPLES:
@@ -158,6 +163,7 @@ class _Job:
         self.init, self.init_head, self.max_unfreeze_bytes = init, init_head, max_unfreeze_bytes
         self.deadline = float("inf")  # the first candidate always finishes; then the job's budget
         self.fold = 0  # cross-validation: which fold this copy trains (0: train / validation itself)
+        self.zero_shot: dict[str, np.ndarray] = {}  # the label names' head (train_auto sets it)
 
     def texts(self, rows: np.ndarray) -> list[str]:
         return [self.keys[i] for i in rows]
@@ -198,6 +204,17 @@ def _head(job: _Job, name: str) -> Candidate:
                                "best_epoch": trained.best_epoch,
                                "continual_from": "active" if init is not None else None},
                      curves=curves)
+
+
+def _zero_shot(job: _Job, name: str) -> Candidate:
+    """The label names embedded (`job.zero_shot`: adapters/zero_shot.py's head): nothing is
+    trained, the same head in every fold; it wins where the examples teach less than the names."""
+    tensors = {k: v.copy() for k, v in job.zero_shot.items()}
+    probe = Adapter(AdapterConfig(backbone="", fingerprint="", dim=job.backbone.dim, head="linear",
+                                  labels=job.labels), tensors)
+    return Candidate(name, "head", "linear", 0.0, 0.0, probe.logits(job.x[job.val]), tensors,
+                     lambda rows: probe.logits(job.x[rows]),
+                     training={"zero_shot": {"texts": list(job.labels), "scale": zero_shot.SCALE}})
 
 
 def _lexical(job: _Job, name: str) -> Candidate:
@@ -268,7 +285,7 @@ def _deep_candidate(job: _Job, name: str) -> Candidate:
 
 TRAINERS: dict[str, Callable[[_Job, str], Candidate]] = {
     "head": _head, "head-mlp": _head, "head-augmented": _head, "lexical": _lexical, "hybrid": _lexical,
-    "lora": _deep_candidate, "unfreeze": _deep_candidate, "setfit": _deep_candidate,
+    "lora": _deep_candidate, "unfreeze": _deep_candidate, "setfit": _deep_candidate, "zero-shot": _zero_shot,
 }
 
 
@@ -308,10 +325,11 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
                               zs_tensors["weight"])
     job = _Job(backbone, params, keys, x, y, labels, train, val, report, cache, where, init, init_head,
                max_unfreeze_bytes)
+    job.zero_shot = zs_tensors
 
     # -- the candidates, cheap first, within the budget --------------------------------
     smallest = int(np.bincount(y).min())
-    planned = plan(backbone.kind, backbone.split_shape, len(keys), params, smallest)
+    planned = plan(backbone.kind, backbone.split_shape, len(keys), params, smallest, reference == "zero_shot")
     # Few-shot text sets: a validation split of a few rows cannot tell candidates apart (8 a
     # class: 4 rows), so they are compared by cross-validation over train + validation.
     cv = folds(y, train, val, seed) if backbone.kind == "text" and smallest <= FEWSHOT_MAX_PER_CLASS else [(train, val)]

@@ -216,7 +216,8 @@ class FinetuneParams(_Strict):
     hidden: int = Field(256, ge=8, le=4096, description="hidden units of the mlp head")
     method: Literal["auto", "head", "lora", "unfreeze", "lexical", "hybrid", "setfit"] = Field(
         "auto", description="auto (default): the service trains the candidates that fit the data and "
-                            "time_budget_s (head linear and mlp, lexical, hybrid, lora when the backbone is split and "
+                            "time_budget_s (head linear and mlp, zero-shot from the label names, lexical, hybrid, lora "
+                            "when the backbone is split and "
                             "the set large enough, setfit when split and a class has at most 32 examples; "
                             "images: head, head on augmented copies, unfreeze), keeps the best on "
                             "a validation split and evaluates it once on a test split (adapters/auto.py); "

@@ -47,7 +47,7 @@ def test_a_setfit_fine_tune_trains_promotes_and_serves(client, jobs):
 def test_auto_on_eight_a_class_tries_setfit_by_cross_validation(client, jobs):
     tenant, done, events = jobs
     tried = {e["candidate"]: e for e in events["auto"] if e["kind"] == "candidate"}
-    assert list(tried) == ["head", "lexical", "hybrid", "setfit"], tried
+    assert list(tried) == ["head", "zero-shot", "lexical", "hybrid", "setfit"], tried
     assert tried["setfit"]["method"] == "lora" and all(e["folds"] == 4 for e in tried.values())
     split_event = next(e for e in events["auto"] if e["kind"] == "split")
     assert split_event["test"] == 0 and split_event["train"] + split_event["validation"] == 16

@@ -69,8 +69,9 @@ def test_events_card_and_metrics_say_what_was_tried_and_why(on_codes):
     order = [k for k, _ in report.events]
     assert order[:2] == ["validation", "split"] and order[-1] == "evaluation"
     tried = kinds(report, "candidate")
-    assert [c["candidate"] for c in tried] == ["head", "lexical", "hybrid"]  # cheap first; not split: no lora
-    assert all(c["seconds"] > 0 and 0 <= c["validation_macro_f1"] <= 1 for c in tried)
+    assert [c["candidate"] for c in tried] == ["head", "zero-shot", "lexical", "hybrid"]  # cheap first; not split: no lora
+    assert all((c["seconds"] > 0 or c["candidate"] == "zero-shot") and 0 <= c["validation_macro_f1"] <= 1
+               for c in tried)  # zero-shot trains nothing: its seconds may round to 0
     (chosen,) = kinds(report, "chosen")
     assert chosen["candidate"] == "lexical" and "validation macro-F1" in chosen["reason"]
     # every candidate comes before the choice, the one test evaluation after it
@@ -145,7 +146,7 @@ def test_the_test_split_never_reaches_selection(backbone, monkeypatch):
 def test_small_sets_have_no_test_split_and_say_so(backbone):
     few = [e for label in LABELS for e in [x for x in CODES if x["label"] == label][:6]]  # 6 a class
     out, report = run(backbone, few)
-    assert [c["candidate"] for c in kinds(report, "candidate")] == ["head", "lexical", "hybrid"]
+    assert [c["candidate"] for c in kinds(report, "candidate")] == ["head", "zero-shot", "lexical", "hybrid"]
     split = kinds(report, "split")[0]
     assert split["test"] == 0 and "no test split" in split["note"]
     assert out.metrics["split"] == "validation" and "no test split" in out.metrics["selection"]["test_note"]
@@ -172,9 +173,9 @@ def test_the_time_budget_stops_further_candidates(backbone):
     elapsed = time.perf_counter() - started
     assert [c["candidate"] for c in kinds(report, "candidate")] == ["head"]  # the first always trains
     skipped = kinds(report, "candidate_skipped")
-    assert [s["candidate"] for s in skipped] == ["lexical", "hybrid"]
+    assert [s["candidate"] for s in skipped] == ["zero-shot", "lexical", "hybrid"]
     assert all("time budget" in s["reason"] and s["estimate_s"] > 0 for s in skipped)
-    assert [c.get("skipped") is not None for c in out.config.card["candidates"]] == [False, True, True]
+    assert [c.get("skipped") is not None for c in out.config.card["candidates"]] == [False, True, True, True]
     assert out.config.training["chosen"] == "head" and elapsed < 60
 
 
@@ -241,3 +242,29 @@ def test_a_candidate_past_the_budget_is_stopped_at_its_next_epoch(backbone, monk
     assert out.config.training["chosen"] == "lexical"
     epochs = [e for e in kinds(report, "epoch") if e["candidate"] == "head"]
     assert 1 <= len(epochs) < 100_000 and elapsed < 30
+
+
+def test_the_label_names_are_a_candidate_and_serve_as_the_zero_shot_head(backbone, monkeypatch):
+    """Zero-shot is a candidate of its own (text backbones): the label names embedded, nothing
+    trained; chosen, its version is that head and answers as a zero-shot adapter does."""
+    from adapters import zero_shot
+    from adapters.format import decode
+
+    monkeypatch.setattr(auto, "plan", lambda *a: ["zero-shot"])
+    out, report = run(backbone, CODES)
+    (tried,) = kinds(report, "candidate")
+    assert tried["candidate"] == "zero-shot" and out.config.training["chosen"] == "zero-shot"
+    labels = out.config.labels
+    _, want = zero_shot.build(backbone.id, backbone.fingerprint, labels, backbone.embed(labels).vectors)
+    version = decode(out.config.to_json(), out.weights, fingerprint=backbone.fingerprint, dim=backbone.dim)
+    assert np.allclose(version.tensors["weight"], want["weight"]) and np.allclose(version.tensors["bias"], 0)
+    assert out.config.training["zero_shot"]["texts"] == labels
+    held_out = [text for text, _ in CODES_HELD_OUT[:20]]
+    x = backbone.embed(held_out).vectors
+    assert (version.predict_proba(x, held_out).argmax(1) == (x @ want["weight"].T).argmax(1)).all()
+    from adapters import card
+    from service import cards
+
+    built = card.build("t", "a", 1, out.config, active=True, created_at="2026-11-30T00:00:00Z")
+    assert built["method"]["name"] == "head" and built["curves"] == []
+    assert "zero-shot" in cards.markdown(built, cards.png(built))
