@@ -296,7 +296,7 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     """Train every candidate that fits the budget, choose on validation, evaluate the choice
     once on test, and return the pipeline's Outcome. `on_candidate` sees each trained
     candidate (the bench evaluates them all on its own test reviews)."""
-    from adapters.pipeline import InvalidParams, Outcome, _predict, class_means, embed_cached, read_examples
+    from adapters.pipeline import InvalidParams, Outcome, _predict, embed_cached, read_examples, reference_head
 
     started = time.perf_counter()
     budget = float(params.get("time_budget_s") or DEFAULT_BUDGET_S)
@@ -310,14 +310,8 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     report.event("split", {"train": len(train), "validation": len(val), "test": 0 if test is None else len(test),
                            "seed": seed, **({"note": note} if note else {})})
     x = embed_cached(backbone, keys, cache, report, where)
-    # Baselines' heads: label names embedded (text) or class prototypes (images).
-    if backbone.kind == "text":
-        reference, label_rows = "zero_shot", backbone.embed(labels).vectors
-    elif getattr(backbone, "text_tower", None) is not None:  # CLIP-style: label prompts by its text tower
-        reference, label_rows = "zero_shot", backbone.text_tower.embed(backbone.text_tower.texts(labels))
-    else:
-        reference, label_rows = "prototype", class_means(x[train], y[train], len(labels))
-    _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
+    # The baselines' head (and the zero-shot candidate's): label names embedded, or class prototypes.
+    reference, zs_tensors = reference_head(backbone, labels, x[train], y[train])
     init, init_head = None, None
     if params.get("continual") and active is not None and active.config.method == "head":
         init_head = active.config.head

@@ -104,15 +104,7 @@ def train_version(examples: list[dict[str, str]], backbone: Backbone, params: di
         x_train, y_train = np.concatenate([x_train, x_aug]), np.concatenate([y_train, y_aug])
         report.event("augmentation", {"copies": p.augment, "train": len(y_train)})
 
-    # The head a model gets without training: label names embedded (text), or each class's
-    # mean training embedding (images, whose backbone cannot embed names).
-    if backbone.kind == "text":
-        reference, label_rows = "zero_shot", backbone.embed(labels).vectors
-    elif getattr(backbone, "text_tower", None) is not None:  # CLIP-style: label prompts by its text tower
-        reference, label_rows = "zero_shot", backbone.text_tower.embed(backbone.text_tower.texts(labels))
-    else:
-        reference, label_rows = "prototype", class_means(x[train_idx], y[train_idx], len(labels))
-    _, zs_tensors = zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)
+    reference, zs_tensors = reference_head(backbone, labels, x[train_idx], y[train_idx])
     x_val, y_val = x[val_idx], y[val_idx]
     baselines = {
         "majority": evaluate(y_val, np.full(len(y_val), np.bincount(y[train_idx]).argmax()), labels),
@@ -535,6 +527,20 @@ def _predict(tensors: dict[str, np.ndarray], head: str, x: np.ndarray) -> np.nda
     config = AdapterConfig(backbone="", fingerprint="", dim=x.shape[1], head=head,
                            labels=[str(i) for i in range(len(tensors["bias" if head == "linear" else "b2"]))])
     return Adapter(config, tensors).predict_proba(x).argmax(1)
+
+
+def reference_head(backbone: Backbone, labels: list[str], x_train: np.ndarray, y_train: np.ndarray
+                   ) -> tuple[str, dict[str, np.ndarray]]:
+    """The head a model gets without training, and its baseline name: the label names embedded
+    ("zero_shot": text backbones, or a CLIP-style text tower's label prompts), else each class's
+    mean training vector ("prototype": images, whose backbone cannot embed names)."""
+    if backbone.kind == "text":
+        reference, label_rows = "zero_shot", backbone.embed(labels).vectors
+    elif getattr(backbone, "text_tower", None) is not None:
+        reference, label_rows = "zero_shot", backbone.text_tower.embed(backbone.text_tower.texts(labels))
+    else:
+        reference, label_rows = "prototype", class_means(x_train, y_train, len(labels))
+    return reference, zero_shot.build(backbone.id, backbone.fingerprint, labels, label_rows)[1]
 
 
 def class_means(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
