@@ -209,6 +209,7 @@ def test_kserve_variant_validates_against_the_schemas(kserve_docs, kserve_valida
     predictor = find(docs, "InferenceService", "graft")["spec"]["predictor"]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "graft-predictor"},
            "spec": {"containers": runtime["containers"], "volumes": runtime["volumes"],
+                    "initContainers": predictor["initContainers"],
                     "securityContext": predictor["securityContext"],
                     "terminationGracePeriodSeconds": predictor["terminationGracePeriodSeconds"]}}
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
@@ -288,3 +289,17 @@ def test_pods_wait_for_the_prepare_job_before_they_start(manifests):
         mounts = {m["name"]: m for m in init["volumeMounts"]}
         assert mounts["graft-artifacts"]["readOnly"] is True
         assert {e["configMapRef"]["name"] for e in init["envFrom"]} == {"graft-settings"}
+
+
+def test_kserve_predictor_waits_for_the_prepare_job_too(kserve_docs):
+    """The KServe variant's predictor has the same initContainer, on the runtime's image and
+    artifacts volume (KServe merges the predictor's pod fields with the runtime's)."""
+    runtime = find(kserve_docs, "ServingRuntime", "graft")["spec"]
+    (init,) = find(kserve_docs, "InferenceService", "graft")["spec"]["predictor"]["initContainers"]
+    assert "python -m service.cli check-prepared" in " ".join(init["command"])
+    assert init["image"] == runtime["containers"][0]["image"]
+    mounts = {m["name"]: m for m in init["volumeMounts"]}
+    assert mounts["graft-artifacts"]["readOnly"] is True
+    volumes = {v["name"]: v for v in runtime["volumes"]}
+    assert volumes["graft-artifacts"]["persistentVolumeClaim"]["claimName"] == "graft-artifacts"
+    assert set(mounts) <= set(volumes)
