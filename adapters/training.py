@@ -64,8 +64,11 @@ def train_head(
     labels: list[str], params: TrainParams,
     *, init: dict[str, np.ndarray] | None = None,
     on_epoch: Callable[[EpochReport], bool] = lambda report: False,
+    keep_last: bool = False,
 ) -> TrainedHead:
-    """Train; `on_epoch` returns True to cancel. Returns the best epoch's head."""
+    """Train; `on_epoch` returns True to cancel. Returns the best epoch's head, or with
+    `keep_last` the last epoch's (a refit for an epoch count found earlier: no early stopping,
+    the validation rows only reported on)."""
     import torch
 
     torch.manual_seed(params.seed)
@@ -121,11 +124,11 @@ def train_head(
         # Patience counts epochs without a better macro-F1; at equal F1 a lower validation
         # loss still refreshes the kept weights (better calibrated), without resetting it.
         improved = f1 > best[0] + 1e-9
-        if improved or (f1 >= best[0] - 1e-9 and val_loss < best[1]):
+        if keep_last or improved or (f1 >= best[0] - 1e-9 and val_loss < best[1]):
             best, best_epoch = (max(f1, best[0]), val_loss), epoch
             best_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
         since_best = 0 if improved else since_best + 1
-        if since_best >= params.patience:
+        if since_best >= params.patience and not keep_last:
             break
     assert best_state is not None
     model.load_state_dict(best_state)

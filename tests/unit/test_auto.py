@@ -143,14 +143,36 @@ def test_the_test_split_never_reaches_selection(backbone, monkeypatch):
     assert set(seen["train"]) == {len(train)} and set(seen["val"]) == {len(val)}
 
 
-def test_small_sets_have_no_test_split_and_say_so(backbone):
+def test_small_sets_have_no_test_split_and_say_so(backbone, monkeypatch):
+    """6 a class: no test split, so selection is cross-validated and the choice is refit on
+    every example; its evaluation, temperature and guard are the out-of-fold predictions."""
     few = [e for label in LABELS for e in [x for x in CODES if x["label"] == label][:6]]  # 6 a class
+    trained_on: list[int] = []  # rows each head or lexical model trained on, in order
+    real_head, real_lexical = auto.train_head, auto.train_lexical
+
+    def watched_head(x_train, y_train, *a, **k):
+        trained_on.append(len(y_train))
+        return real_head(x_train, y_train, *a, **k)
+
+    def watched_lexical(method, texts, *a, **k):
+        trained_on.append(len(texts))
+        return real_lexical(method, texts, *a, **k)
+
+    monkeypatch.setattr(auto, "train_head", watched_head)
+    monkeypatch.setattr(auto, "train_lexical", watched_lexical)
     out, report = run(backbone, few)
     assert [c["candidate"] for c in kinds(report, "candidate")] == ["head", "zero-shot", "lexical", "hybrid"]
     split = kinds(report, "split")[0]
-    assert split["test"] == 0 and "no test split" in split["note"]
-    assert out.metrics["split"] == "validation" and "no test split" in out.metrics["selection"]["test_note"]
-    assert out.config.training["test"] == 0 and "validation split" in out.reason
+    assert split["test"] == 0 and "no test split" in split["note"] and "refit on every example" in split["note"]
+    assert out.metrics["split"] == "cross-validation" and "no test split" in out.metrics["selection"]["test_note"]
+    assert out.config.training["test"] == 0 and "out-of-fold predictions" in out.reason
+    assert out.metrics["n"] == len(few) and out.metrics["calibration"]["fitted_on"] == "cross-validation"
+    assert out.metrics["calibration"]["n"] == len(few)
+    # The chosen candidate trained once more, last, on every example; every fold on fewer.
+    (refit,) = kinds(report, "refit")
+    assert refit["candidate"] == out.config.training["chosen"] and refit["rows"] == len(few)
+    assert out.config.training["refit"]["rows"] == len(few)
+    assert trained_on[-1] == len(few) and all(n < len(few) for n in trained_on[:-1]), trained_on
 
 
 def test_the_guard_compares_with_the_active_version_on_the_test_split(backbone, on_codes):
@@ -268,3 +290,31 @@ def test_the_label_names_are_a_candidate_and_serve_as_the_zero_shot_head(backbon
     built = card.build("t", "a", 1, out.config, active=True, created_at="2026-11-30T00:00:00Z")
     assert built["method"]["name"] == "head" and built["curves"] == []
     assert "zero-shot" in cards.markdown(built, cards.png(built))
+
+
+def _voter(name: str, right: np.ndarray, y: np.ndarray) -> auto.Candidate:
+    """A candidate whose out-of-fold predictions are right exactly on `right` (2 classes)."""
+    pred = np.where(right, y, 1 - y)
+    oof = np.eye(2, dtype=np.float32)[pred]
+    score = float(np.mean(right))  # stands in for macro-F1: only the order matters to `choose`
+    return auto.Candidate(name, "head", "linear", score, 0.0, oof, {}, lambda rows: oof[rows], oof=oof)
+
+
+def test_few_shot_choice_keeps_setfit_unless_the_rows_show_otherwise():
+    """16 out-of-fold rows: the head right on 11, setfit on 8 (draw 0 of the bench) is no
+    evidence (p ~0.25); a candidate right where setfit was wrong on 7 rows of 7 is."""
+    y = np.array([0, 1] * 8)
+    rows = np.arange(16)
+    setfit_right = np.array([True] * 8 + [False] * 8)
+    head_right = np.array([True] * 6 + [False] * 2 + [True] * 5 + [False] * 3)  # 11: +5 -2 against setfit
+    best, why = auto.choose([_voter("head", head_right, y), _voter("setfit", setfit_right, y)], y, rows, "cv")
+    assert best.name == "setfit" and "few-shot default" in why and "next: head" in why
+    assert auto.sign_test(5, 2) > auto.SIGNIFICANCE
+    lexical_right = np.array([True] * 8 + [True] * 7 + [False])  # 15: +7 -0
+    best, why = auto.choose([_voter("head", head_right, y), _voter("setfit", setfit_right, y),
+                             _voter("lexical", lexical_right, y)], y, rows, "cv")
+    assert best.name == "lexical" and "7 of the 7 rows" in why
+    assert auto.sign_test(7, 0) == pytest.approx(0.5 ** 7)
+    # Without setfit (no split backbone) the first candidate is the default.
+    best, _ = auto.choose([_voter("head", head_right, y), _voter("hybrid", setfit_right, y)], y, rows, "cv")
+    assert best.name == "head"
