@@ -300,9 +300,10 @@ def _deep_candidate(job: _Job, name: str) -> Candidate:
 REFIT = {"head", "head-mlp", "zero-shot", "lexical", "hybrid", "setfit"}
 # Cross-validation over a few-shot set keeps this candidate unless another beats it beyond
 # chance (`choose`): on reviews no bench scores, 8 a class, it beat a logistic regression on the
-# frozen vectors by 2.8 points on average (docs/BENCHMARKS.md, setfit), while 16 out-of-fold
-# rows ranked it against the head no better than a coin (0.50-0.81 against 0.68-0.81 where the
-# 1,000 test reviews put it ahead on every draw).
+# frozen vectors of all 16 by 0.7 point on average over 8 draws (2.8 over the first 4), and
+# the head candidate by more (docs/BENCHMARKS.md, setfit), while 16 out-of-fold rows ranked it
+# against the head no better than a coin (0.50-0.81 against 0.68-0.81 where the 1,000 test
+# reviews put it ahead on every draw).
 FEWSHOT_PRIOR = "setfit"
 SIGNIFICANCE = 0.05  # one-sided sign test on the rows where two candidates disagree
 
