@@ -8,6 +8,9 @@
 # layer of the image holds them. A node of another CPU measures its own int8 gates at start
 # from the prepared graphs (ONNX Runtime only; GRAFT_HOME).
 set -euxo pipefail
+# No installer cache: uv's (or pip's) would keep the ~0.9 GB of torch and transformers in this
+# layer after the directory below is gone (measured: docs/BENCHMARKS.md, artifacts built once).
+export UV_NO_CACHE=1 PIP_NO_CACHE_DIR=1
 pip_install() {
     if command -v uv > /dev/null 2>&1; then uv pip install "$@"; else pip3 install "$@"; fi
 }
@@ -22,4 +25,7 @@ cd "$BENTO_PATH/src"
 PYTHONPATH="$EXPORT" GRAFT_HOME=/tmp/graft-prepare GRAFT_ARTIFACTS="$GRAFT_ARTIFACTS" GRAFT_PREPARED=build \
     python -m service.cli prepare
 rm -rf "$EXPORT" /tmp/graft-prepare
+# raw.onnx is the exporter's graph, which prepare turned into the fp32, fp16 and int8 graphs;
+# serving (GRAFT_PREPARED=required) never reads it.
+find "$GRAFT_ARTIFACTS" -name raw.onnx -delete
 chmod -R a+rX,go-w "$GRAFT_ARTIFACTS"

@@ -76,8 +76,29 @@ def test_the_blocker_blocks(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def as_in_the_image(artifacts: Path, into: Path) -> Path:
+    """The artifacts as the serving image holds them: deploy/prepare-artifacts.sh deletes the
+    exporter's raw.onnx graphs after `prepare` (hard links: no copy of the graphs)."""
+    import shutil
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    shutil.copytree(artifacts / "backbones", into / "backbones", copy_function=link,
+                    ignore=shutil.ignore_patterns(".lock"))
+    assert "find \"$GRAFT_ARTIFACTS\" -name raw.onnx -delete" in (ROOT / "deploy/prepare-artifacts.sh").read_text()
+    raw = list(into.rglob("raw.onnx"))
+    assert raw
+    for path in raw:
+        path.unlink()
+    return into
+
+
 def test_serves_prepared_artifacts_without_torch_and_a_trainer_fine_tunes(artifacts, tmp_path):
-    srv = no_torch_server(tmp_path, artifacts).start(timeout=300)
+    srv = no_torch_server(tmp_path, as_in_the_image(artifacts, tmp_path / "image-artifacts")).start(timeout=300)
     trainer = None
     try:
         with srv.client() as c:
