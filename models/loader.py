@@ -13,7 +13,7 @@ from models.image import ImageBackbone, ImageLimits
 from models.families import family_of_dir
 from models.int8 import Int8Choice, choose_int8, choose_split, split_paths
 from models.parity import check_split, check_whole, summary
-from models.runtime import OrtRunner, choose_provider, installed_runtime
+from models.runtime import Lanes, OrtRunner, choose_provider, default_lanes, installed_runtime
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def _load_backbone(
     image_limits: ImageLimits | None = None,
     split_layers: int = 0,
     image_split_blocks: int = 0,
+    lanes: int | None = None,
 ) -> Backbone:
     """`split_layers`: text backbones also load their lower and upper graphs split below
     that many top layers, for deep (LoRA) adapters; 0: head-only. `image_split_blocks`: image
@@ -78,7 +79,9 @@ def _load_backbone(
     (models/families.py) loads head-only and says why (`TextBackbone.deep_refusal`). Every
     fp32 text graph, and every graph of an image directory (models/hf_image.py; CLIP: its text
     tower too), passes the parity gate (models/parity.py) before it serves; image directories
-    load head-only (`deep_refusal` says why where image_split_blocks asked for more)."""
+    load head-only (`deep_refusal` says why where image_split_blocks asked for more). `lanes`:
+    text backbones run the rows of a pass of several calls in that many single-threaded
+    sessions side by side (models/runtime.py Lanes; None: `default_lanes`, 0 or 1: none)."""
     from models.split import DeepUnsupportedError, split_shape
     from models.text import SplitRunner, TextBackbone, UpperWeights
 
@@ -166,7 +169,8 @@ def _load_backbone(
                                                   intra_op_threads))
             split.gate = gate.describe() if gate else None
             split.fp32_lower = fp32_lower if int8_split else None  # deep adapters train on fp32 states
-        backbone = TextBackbone(spec, runner, split)
+        n = default_lanes(ort_provider, intra_op_threads) if lanes is None else lanes
+        backbone = TextBackbone(spec, runner, split, Lanes(model_path, ort_provider, chosen, n) if n > 1 else None)
         backbone.deep_refusal = deep_refusal
     backbone.parity = summary(parity) if parity else None
     backbone.int8 = int8.describe() if int8 else None

@@ -9,7 +9,7 @@ import numpy as np
 
 from models.base import Backbone, EmbedResult, ItemError
 from models.catalog import BackboneSpec
-from models.runtime import OrtRunner
+from models.runtime import Lanes, OrtRunner
 from models.split import LoraFactors, SplitShape, UnfrozenLayers, stack_factors
 
 
@@ -157,8 +157,10 @@ class SplitRunner:
 class TextBackbone(Backbone):
     kind = "text"
 
-    def __init__(self, spec: BackboneSpec, runner: OrtRunner, split: SplitRunner | None = None) -> None:
+    def __init__(self, spec: BackboneSpec, runner: OrtRunner, split: SplitRunner | None = None,
+                 lanes: Lanes | None = None) -> None:
         self.spec = spec
+        self.lanes = lanes  # a pass of several calls: its calls side by side (whole graph only)
         self.split = split  # None: head-only adapters
         self.id = spec.id
         self.fingerprint = spec.fingerprint
@@ -286,24 +288,30 @@ class TextBackbone(Backbone):
         return build_modules(self.spec, self.split.shape)[1]
 
     def embed(self, items: list[Any]) -> EmbedResult:
-        return self._in_sub_batches(items, self.max_rows, lambda ids, mask, rows: self._runner.run(ids, mask))
+        return self._in_sub_batches(items, self.max_rows, lambda ids, mask, rows: self._runner.run(ids, mask),
+                                    lanes=self.lanes)
 
     def _in_sub_batches(self, items: list[Any], max_rows: int,
-                        run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]) -> EmbedResult:
+                        run: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                        lanes: Lanes | None = None) -> EmbedResult:
         """Tokenise what is not yet (texts; `prepare_many` output passes as is), sort by token
         count (sub-batches of similar lengths pad little), cut into sub-batches, `run(ids,
-        mask, original row indices)` each, restore the order."""
+        mask, original row indices)` each, restore the order. With `lanes` and more than one
+        sub-batch, the sub-batches run side by side in the lanes instead (the whole graph)."""
         if not items:
             return EmbedResult(vectors=np.empty((0, self.dim), dtype=np.float32), truncated=[])
         rows = self._tokens(items)
         lengths = np.array([len(r) for r in rows])
         order = np.argsort(lengths, kind="stable")
-        chunks = []
+        calls = []
         start = 0
         for stop in _split_by_padding(lengths[order], max_rows):
-            ids, mask = self._tokenizer.pad([rows[i] for i in order[start:stop]])
-            chunks.append(run(ids, mask, order[start:stop]))
+            calls.append((*self._tokenizer.pad([rows[i] for i in order[start:stop]]), order[start:stop]))
             start = stop
+        if lanes is not None and len(calls) > 1:
+            chunks = lanes.run_all([(ids, mask) for ids, mask, _ in calls])
+        else:
+            chunks = [run(ids, mask, where) for ids, mask, where in calls]
         out = np.empty((len(items), chunks[0].shape[1]), dtype=np.float32)
         out[order] = np.concatenate(chunks)
         return EmbedResult(vectors=out, truncated=[r.truncated for r in rows], calls=len(chunks))

@@ -182,6 +182,7 @@ class Inference:
                 backbone = await asyncio.to_thread(
                     load_backbone, name, s.artifacts_home, prepared=s.prepared_only(),
                     precision=s.precision, provider=s.provider, intra_op_threads=s.intra_op_threads,
+                    lanes=s.ort_lanes or None,
                     image_limits=s.image_limits(), split_layers=s.split_layers,
                     image_split_blocks=s.image_split_blocks,
                 )

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     )
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(0, ge=0, description="ORT threads per session; 0 = all cores")
+    ort_lanes: int = Field(
+        0, ge=0, le=64, description="CPU: a text pass of several ORT calls (int8 runs row by row) runs them in this "
+                                    "many single-threaded sessions side by side; 0 = auto (one per core, at most 4; "
+                                    "none with GRAFT_INTRA_OP_THREADS=1), 1 = none")
     split_layers: int = Field(
         2, ge=0, le=64, description="top layers of each text backbone that deep (LoRA, unfreeze) adapters train, "
                                     "served from split lower/upper graphs; 0 = head adapters only")

@@ -107,3 +107,39 @@ def test_prepared_tokens_embed_as_the_texts_do(backbone):
     with pytest.raises(ItemError) as bad:
         backbone.prepare_many(["fine", "also fine", b"\x89PNG"])
     assert bad.value.index == 2
+
+
+def test_lanes_run_a_pass_side_by_side_and_change_nothing(graft_home):
+    """int8 runs row by row; with lanes the rows of one pass run in single-threaded sessions
+    side by side, each row's vector exactly what the multi-threaded session gives it alone."""
+    from models.runtime import Lanes
+
+    laned = load_backbone("minilm-l6", graft_home, provider="cpu", lanes=2)
+    plain = load_backbone("minilm-l6", graft_home, provider="cpu", lanes=1)
+    assert laned.max_rows == 1 and isinstance(laned.lanes, Lanes) and len(laned.lanes) == 2
+    assert plain.lanes is None
+    texts = SENTENCES + UNEVEN
+    calls: list[int] = []
+    for runner in laned.lanes.runners:
+        real = runner.run
+        runner.run = lambda *a, real=real: calls.append(1) or real(*a)
+    together = laned.embed(texts).vectors
+    assert len(calls) == len(texts)  # every row through a lane, none through the shared session
+    alone = np.concatenate([plain.embed([s]).vectors for s in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    calls.clear()
+    laned.embed(["one text alone"])  # one call: the multi-threaded session, not a lane
+    assert calls == []
+
+
+@pytest.mark.parametrize("provider,threads,cores,want", [
+    ("CPUExecutionProvider", 0, 2, 2), ("CPUExecutionProvider", 0, 16, 4), ("CPUExecutionProvider", 1, 8, 0),
+    ("CPUExecutionProvider", 3, 8, 3), ("CPUExecutionProvider", 0, 1, 0), ("CUDAExecutionProvider", 0, 8, 0),
+])
+def test_default_lanes(monkeypatch, provider, threads, cores, want):
+    import os
+
+    from models.runtime import default_lanes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_lanes(provider, threads) == want
