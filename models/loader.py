@@ -170,6 +170,7 @@ def _load_backbone(
             split.gate = gate.describe() if gate else None
             split.fp32_lower = fp32_lower if int8_split else None  # deep adapters train on fp32 states
         n = default_lanes(ort_provider, intra_op_threads) if lanes is None else lanes
+        n = n if ort_provider == "CPUExecutionProvider" else 0  # a GPU takes the whole pass at once
         backbone = TextBackbone(spec, runner, split, Lanes(model_path, ort_provider, chosen, n) if n > 1 else None)
         backbone.deep_refusal = deep_refusal
     backbone.parity = summary(parity) if parity else None
