@@ -12,7 +12,7 @@ from models.export import ensure_artifact, prepared_only
 from models.image import ImageBackbone, ImageLimits
 from models.families import family_of_dir
 from models.int8 import Int8Choice, choose_int8, choose_split, split_paths
-from models.parity import check_split, check_whole, summary
+from models.parity import check_reduced, check_split, check_whole, summary
 from models.runtime import Lanes, OrtRunner, choose_provider, default_lanes, installed_runtime
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ def _load_backbone(
         model_path, chosen = int8.path, int8.precision
     else:
         model_path = ensure_artifact(spec, chosen, home)
+        if chosen == "fp16" and (spec.kind == "text" or spec.hf_image):
+            parity["fp16"] = check_reduced(spec, home, model_path)  # by cosine (models/parity.py FP16_BAR)
     runner = OrtRunner(model_path, ort_provider, chosen, intra_op_threads)
     backbone: Backbone
     if spec.kind == "image":

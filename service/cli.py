@@ -73,8 +73,7 @@ def main() -> None:
                                      image_split_blocks=settings.image_split_blocks)
             gate = backbone.parity or {}
             print(f"{backbone.id}: {backbone.kind}, {backbone.precision}, dim {backbone.dim}"
-                  + "".join(f"; parity {g} max abs diff {v['max_abs_diff']:.1e} <= {v['bar']:.0e}"
-                            for g, v in gate.items())
+                  + "".join(f"; parity {g} {gate_figure(v)}" for g, v in gate.items())
                   + (f"; int8 gate: {backbone.int8['reason']}" if backbone.int8 else ""))
             print(f"{backbone.id}: prepared in {record(backbone, home)}")
     except (UnknownBackboneError, CatalogError, UnsupportedFamilyError, ParityError) as e:
@@ -83,15 +82,29 @@ def main() -> None:
         sys.exit(2)
 
 
+def gate_figure(v: dict) -> str:  # type: ignore[type-arg]
+    """A /readyz parity summary in words: max abs diff (fp32) or min cosine (reduced precision)."""
+    if "min_cosine" in v:
+        return f"min cosine {v['min_cosine']:.6f} >= {v['bar']}" if v["passed"] else f"min cosine {v['min_cosine']:.6f} < {v['bar']}"
+    return f"max abs diff {v['max_abs_diff']:.1e} <= {v['bar']:.0e}"
+
+
 def record(backbone, home):  # type: ignore[no-untyped-def]  # -> Path
     """What serving processes with GRAFT_PREPARED=required need beyond the graphs the load
     built: every int8 recipe's graphs (the CPU-independent part of the int8 gates), so a node
-    of another kind of CPU gates itself with ONNX Runtime alone; then the record they find the
-    artifacts by (models/export.py record_prepared)."""
-    from models.export import record_prepared
+    of another kind of CPU gates itself with ONNX Runtime alone; the fp16 graph's parity verdict
+    (a GPU node serves fp16 from these artifacts: a miss is kept too, and refuses there); then
+    the record they find the artifacts by (models/export.py record_prepared)."""
+    from models.export import ensure_artifact, record_prepared
     from models.int8 import RECIPES, ensure_int8, split_recipe
+    from models.parity import check_reduced
 
     spec, split = backbone.spec, backbone.split  # split: text or image split graphs, or None
+    if spec.kind == "text" or spec.hf_image:
+        try:
+            print(f"{backbone.id}: parity fp16 {check_reduced(spec, home, ensure_artifact(spec, 'fp16', home))['reason']}")
+        except ParityError as e:  # CPU serving (int8, fp32) does not need it: said, not fatal
+            print(f"{backbone.id}: {e} (a GPU node serving fp16 will refuse it)")
     if backbone.int8 is not None and not spec.hf_image:  # int8 asked for (image directories have no recipe)
         for name, recipe in RECIPES.items():
             if recipe["kind"] == spec.kind:

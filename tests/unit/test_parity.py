@@ -77,3 +77,29 @@ def test_fp16_artifact_has_half_weights_and_float_io(reference, minilm_spec, gra
     ids, mask, ref = reference(SENTENCES)
     cosine = (runner.run(ids, mask) * ref).sum(1)
     assert cosine.min() >= 0.995
+
+
+def test_fp16_has_a_parity_gate_by_cosine(minilm_spec, graft_home, tmp_path):
+    """Reduced precision is gated by cosine (models/parity.py FP16_BAR): MiniLM's fp16 graph
+    passes, /readyz shows the figure and the bar; a graph that is not the model (max pooling
+    gated against a mean-pooling export) is refused with what to do, and the miss is kept."""
+    import dataclasses
+
+    from models import load_backbone, parity
+
+    backbone = load_backbone("minilm-l6", graft_home, provider="cpu", precision="fp16")
+    gate = backbone.describe()["parity_gate"]
+    assert gate["fp16"]["passed"] and gate["fp16"]["min_cosine"] >= parity.FP16_BAR["min_cosine"] == gate["fp16"]["bar"]
+    assert gate["fp32"]["passed"] and "max_abs_diff" in gate["fp32"]
+
+    fp16 = ensure_artifact(minilm_spec, "fp16", graft_home)
+    runner = OrtRunner(fp16, "CPUExecutionProvider", "fp16")
+    wrong = dataclasses.replace(minilm_spec, pooling="max")
+    verdict = parity.measure(wrong, "fp16", runner.run, parity.FP16_BAR)
+    assert not verdict["passed"] and verdict["min_cosine"] < 0.999
+    with pytest.raises(parity.ParityError, match=r"backbone 'minilm-l6': fp16 graph vs torch on \d+ texts: min cosine "
+                                                 r".* < 0.999 .*refused.*GRAFT_PRECISION=fp32"):
+        parity.check(wrong, tmp_path, "fp16", runner.run, tag="wrong-cosine", bar=parity.FP16_BAR)
+    with pytest.raises(parity.ParityError):  # kept: not measured again
+        parity.check(wrong, tmp_path, "fp16", lambda ids, mask: pytest.fail("re-measured"), tag="wrong-cosine",
+                     bar=parity.FP16_BAR)
