@@ -56,10 +56,10 @@ class Backbone(ABC):
         """Where deep adapters attach (models/split.SplitShape), or None: head-only."""
         return None
 
-    def prepare_many(self, items: list[Any]) -> list[Any]:
+    def prepare_many(self, items: list[Any], input_type: str = "query") -> list[Any]:
         """`prepare` for all items of a request, off the compute lane; a backbone may do
-        batch-level work here (text: one tokeniser call). ItemError's `index` names the
-        item at fault."""
+        batch-level work here (text: one tokeniser call, with the prompt of `input_type`).
+        ItemError's `index` names the item at fault."""
         ready = []
         for i, item in enumerate(items):
             try:

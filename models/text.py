@@ -45,10 +45,12 @@ class Tokenizer:
         self.max_tokens = max_tokens
         self.prefix = prefix  # the backbone's query prompt (catalogue `prompts.query`), before every text
 
-    def tokenize(self, texts: list[str]) -> list[Tokens]:
-        """One Rust call for all texts (it releases the GIL while it works)."""
-        if self.prefix:
-            texts = [self.prefix + t for t in texts]
+    def tokenize(self, texts: list[str], prefix: str | None = None) -> list[Tokens]:
+        """One Rust call for all texts (it releases the GIL while it works); `prefix` None: the
+        query prompt (`self.prefix`), else this one before every text ("" for none)."""
+        prefix = self.prefix if prefix is None else prefix
+        if prefix:
+            texts = [prefix + t for t in texts]
         return [Tokens(np.array(e.ids, dtype=np.int64), bool(e.overflowing)) for e in self._tok.encode_batch(texts)]
 
     def pad(self, rows: list[Tokens]) -> tuple[np.ndarray, np.ndarray]:
@@ -186,10 +188,12 @@ class TextBackbone(Backbone):
             raise ItemError(f"backbone {self.id!r} embeds text: send a string, not {kind}")
         return item
 
-    def prepare_many(self, items: list[Any]) -> list[Tokens]:
+    def prepare_many(self, items: list[Any], input_type: str = "query") -> list[Tokens]:
         """The request's texts checked and tokenised in one call: the compute lane gets
-        token ids and only pads them."""
-        return self._tokenizer.tokenize(super().prepare_many(items))
+        token ids and only pads them. `input_type` "passage": the catalogue's passage prompt
+        before each text instead of its query prompt (E5/BGE-style models; none: no prompt)."""
+        prefix = self.spec.passage_prompt if input_type == "passage" else None
+        return self._tokenizer.tokenize(super().prepare_many(items), prefix)
 
     def cost(self, item: Any) -> int:
         return len(item) if isinstance(item, Tokens) else self.max_tokens

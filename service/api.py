@@ -10,7 +10,7 @@ after the server is up, never at import, so /livez answers at once and /readyz l
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import bentoml
 from pydantic import Field
@@ -123,10 +123,11 @@ class Graft:
     # `str | ImageItem`, not schemas.Item: BentoML 1.4 applies the metadata of an Annotated
     # type inside a list twice, which pydantic refuses for Item's callable discriminator.)
     @bentoml.api(route=bento_api.EMBED_ROUTE, output_spec=EmbedResponse)
-    async def embed(self, ctx: bentoml.Context, inputs: list[str | ImageItem], backbone: str | None = None) -> Response:
+    async def embed(self, ctx: bentoml.Context, inputs: list[str | ImageItem], backbone: str | None = None,
+                    input_type: Literal["query", "passage"] = "query") -> Response:
         """Embed texts or images ({"image": base64}) with a frozen backbone; rows are
         L2-normalised. Any valid key. The same as POST /v1/embed."""
-        return await bento_api.answer(ctx, embed_answer, inputs, backbone)
+        return await bento_api.answer(ctx, embed_answer, inputs, backbone, input_type)
 
     @bentoml.api(route=bento_api.PREDICT_ROUTE, output_spec=PredictResponse)
     async def predict(self, ctx: bentoml.Context, tenant: Name, inputs: list[str | ImageItem],

@@ -130,7 +130,7 @@ class GraftServicer(pb_grpc.GraftServicer):
     async def Embed(self, request: pb.EmbedRequest, who: Principal) -> pb.EmbedResponse:
         items = _items(request)
         await self.engine.admit(who, len(items))
-        out = await self.engine.inference.embed(items, request.backbone or None)
+        out = await self.engine.inference.embed(items, request.backbone or None, request.input_type or "query")
         return pb.EmbedResponse(
             backbone=out.backbone.id, dim=out.backbone.dim,
             embeddings=[pb.Vector(values=row) for row in out.vectors.tolist()],

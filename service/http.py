@@ -154,13 +154,14 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
 async def embed(request: Request, who: Principal = Depends(caller)) -> Response:
     """Embed texts or images with a frozen backbone; rows are L2-normalised. Any valid key."""
     body = await parse(EmbedRequest, request)
-    return json_response(await embed_answer(who, body.inputs, body.backbone))
+    return json_response(await embed_answer(who, body.inputs, body.backbone, body.input_type))
 
 
-async def embed_answer(who: Principal, inputs: list[Any], backbone: str | None) -> dict[str, Any]:
+async def embed_answer(who: Principal, inputs: list[Any], backbone: str | None,
+                       input_type: str = "query") -> dict[str, Any]:
     """/v1/embed's answer, after its body is validated (the BentoML endpoint's too: service/bento_api.py)."""
     await engine().admit(who, len(inputs))
-    out = await engine().inference.embed(raw_items(inputs), backbone)
+    out = await engine().inference.embed(raw_items(inputs), backbone, input_type)
     return {
         "backbone": out.backbone.id, "dim": out.backbone.dim, "embeddings": out.vectors,
         "truncated": [i for i, t in enumerate(out.truncated) if t],

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 # A request with at most this many characters of text is tokenised on the event loop
 # (~0.1 ms per short sentence, less than a hop to the prepare pool and back).
 INLINE_TEXT_CHARS = 1000
+# What a text is embedded as (Inference.embed): a query (the default; the catalogue's query
+# prompt) or a passage (its passage prompt), as E5/BGE-style models were trained.
+INPUT_TYPES = ("query", "passage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,9 +260,9 @@ class Inference:
         shape = b.split_shape
         return BackboneRef(b.fingerprint, b.dim, shape.split if shape else None)
 
-    async def prepare_items(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+    async def prepare_items(self, backbone: Backbone, items: list[Any], input_type: str = "query") -> list[Any]:
         """Items checked and made ready for the backbone (images decoded, off the event
-        loop), or a 400/413 naming the first bad one."""
+        loop; texts tokenised with the prompt of `input_type`), or a 400/413 naming the first bad one."""
         limit = self.settings.max_batch_items
         if not items:
             raise InvalidInput("inputs is empty: send at least one item")
@@ -272,10 +275,11 @@ class Inference:
         if backbone.kind == "image" or chars > INLINE_TEXT_CHARS:
             # Decoding images, or tokenising many texts (the tokeniser releases the GIL), runs
             # on the prepare pool; a few short texts are tokenised here, cheaper than a hop.
-            return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, backbone, items)
-        return self._prepare(backbone, items)
+            return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, backbone, items,
+                                                                    input_type)
+        return self._prepare(backbone, items, input_type)
 
-    def _prepare(self, backbone: Backbone, items: list[Any]) -> list[Any]:
+    def _prepare(self, backbone: Backbone, items: list[Any], input_type: str = "query") -> list[Any]:
         started = time.perf_counter()
         for i, item in enumerate(items):
             if isinstance(item, str) and len(item) > self.settings.max_text_chars:
@@ -285,7 +289,7 @@ class Inference:
                     {"index": i, "chars": len(item), "limit": self.settings.max_text_chars},
                 )
         try:
-            ready = backbone.prepare_many(items)
+            ready = backbone.prepare_many(items, input_type)
         except ItemError as e:
             raise (PayloadTooLarge if e.too_large else InvalidInput)(f"inputs[{e.index}]: {e}", {"index": e.index}) from None
         metrics.observe_stage("prepare", time.perf_counter() - started)
@@ -296,9 +300,16 @@ class Inference:
 
     # -- inference -------------------------------------------------------------------
 
-    async def embed(self, items: list[Any], backbone: str | None = None) -> Embedding:
+    async def embed(self, items: list[Any], backbone: str | None = None, input_type: str = "query") -> Embedding:
+        """`input_type` "passage" (text backbones): documents to be searched, embedded with the
+        catalogue's passage prompt instead of the query prompt (models/text.py)."""
         model = self.backbone(backbone)
-        ready = await self.prepare_items(model, items)
+        if input_type not in INPUT_TYPES:
+            raise InvalidInput(f"input_type must be one of {list(INPUT_TYPES)}, not {input_type!r}", {"field": "input_type"})
+        if input_type != "query" and model.kind != "text":
+            raise InvalidInput(f"input_type {input_type!r} applies to text backbones; {model.id!r} embeds images",
+                               {"field": "input_type"})
+        ready = await self.prepare_items(model, items, input_type)
         rows = await self.run(model, [Work(item) for item in ready])
         tokens = sum(model.cost(item) for item in ready) if model.kind == "text" else 0
         return Embedding(model, np.stack([r.vector for r in rows]), [r.truncated for r in rows], tokens)

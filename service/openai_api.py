@@ -30,7 +30,7 @@ from service.compat import answer_wrong_methods, caller, engine, json_response, 
 from service.errors import GraftError, InvalidInput, NotFound, Unavailable
 
 _CREATED = int(time.time())  # OpenAI's `created` for the backbones: when this process started
-_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
+_FIELDS = {"model", "input", "encoding_format", "dimensions", "user", "input_type"}
 
 # Graft's error kinds as OpenAI's error types and codes (the HTTP status stays Graft's).
 _TYPES = {401: "invalid_request_error", 429: "requests", 500: "server_error", 503: "server_error",
@@ -58,6 +58,9 @@ class EmbeddingsRequest(BaseModel):
         "float", description="base64: little-endian float32 bytes of each vector")
     dimensions: int | None = Field(None, description="only the backbone's own dimension")
     user: str | None = Field(None, description="accepted and ignored")
+    input_type: Literal["query", "passage"] = Field(
+        "query", description="an extension (as NVIDIA NIM's): passage embeds documents with the backbone's passage "
+                             "prompt instead of its query prompt")
 
 
 class Embedding(BaseModel):
@@ -113,8 +116,8 @@ def _bad(message: str, param: str | None, code: str = "invalid_input") -> Invali
     return InvalidInput(message, {"param": param, "openai_code": code})
 
 
-def _parse(body: bytes) -> tuple[str, list[str], str, int | None]:
-    """model, texts, encoding_format, dimensions; or a 400 naming the parameter at fault."""
+def _parse(body: bytes) -> tuple[str, list[str], str, int | None, str]:
+    """model, texts, encoding_format, dimensions, input_type; or a 400 naming the parameter at fault."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -140,7 +143,10 @@ def _parse(body: bytes) -> tuple[str, list[str], str, int | None]:
     user = data.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("user must be a string", "user")
-    return model, texts, encoding, dimensions
+    input_type = data.get("input_type") or "query"
+    if input_type not in ("query", "passage"):
+        raise _bad(f"input_type must be 'query' or 'passage', not {input_type!r}", "input_type")
+    return model, texts, encoding, dimensions, input_type
 
 
 def _texts(value: Any) -> list[str]:
@@ -183,7 +189,7 @@ def _model(backbone: Any) -> dict[str, Any]:
 async def embeddings(request: Request) -> Response:
     """OpenAI's embeddings API on a text backbone; vectors are L2-normalised, equal to /v1/embed's."""
     who = await caller(request)
-    model, texts, encoding, dimensions = _parse(await read_body(request))
+    model, texts, encoding, dimensions, input_type = _parse(await read_body(request))
     backbone = _backbone(model)
     if backbone.kind != "text":
         raise _bad(f"model {model!r} is an {backbone.kind} backbone; /v1/embeddings embeds text only "
@@ -193,7 +199,7 @@ async def embeddings(request: Request) -> Response:
         raise _bad(f"dimensions={dimensions}: {model} gives {backbone.dim}-dimensional embeddings and cannot shorten them "
                    f"(it was not trained for truncation); omit dimensions or send {backbone.dim}", "dimensions")
     await engine().admit(who, len(texts))
-    out = await engine().inference.embed(list(texts), model)
+    out = await engine().inference.embed(list(texts), model, input_type)
     tokens = out.tokens
     vectors = out.vectors
     if encoding == "base64":

@@ -38,6 +38,9 @@ class EmbedRequest(_Strict):
                     "at most GRAFT_MAX_BATCH_ITEMS"
     )
     backbone: str | None = Field(None, description="backbone id; default GRAFT_DEFAULT_BACKBONE")
+    input_type: Literal["query", "passage"] = Field(
+        "query", description="text backbones: query (the catalogue's query prompt before each text, if any) or "
+                             "passage (its passage prompt instead: documents to be searched, E5/BGE-style models)")
 
 
 class EmbedResponse(BaseModel):

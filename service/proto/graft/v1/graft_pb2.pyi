@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "backbone", "images")
+    __slots__ = ("inputs", "backbone", "images", "input_type")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TYPE_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedScalarFieldContainer[str]
     backbone: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., backbone: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    input_type: str
+    def __init__(self, inputs: _Optional[_Iterable[str]] = ..., backbone: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., input_type: _Optional[str] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)
