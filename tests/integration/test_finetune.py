@@ -53,9 +53,15 @@ def test_job_trains_serves_and_beats_zero_shot(client):
     assert "epoch" in kinds and kinds.index("evaluation") < kinds.index("promotion") < kinds.index("succeeded")
     assert "candidate" in kinds and kinds.index("chosen") < kinds.index("evaluation")  # no method: auto
     (v,) = client.get(f"/v1/tenants/{tenant}/adapters/reviews/versions").json()["versions"]
-    # Meaning decides these tickets: auto keeps a head on the vectors (lexical cannot generalise).
-    assert v["training"]["method"] == "auto" and v["training"]["chosen"] == "head" and v["method"] == "head"
-    assert v["training"]["params"]["standardize"] is False  # the text default
+    # Meaning decides these tickets: auto keeps a transfer method (lexical cannot generalise); at
+    # 10 a class that is setfit, the few-shot default, unless the rows show another beyond chance.
+    chosen = v["training"]["chosen"]
+    assert v["training"]["method"] == "auto" and chosen in ("setfit", "head"), chosen
+    assert v["method"] == ("lora" if chosen == "setfit" else "head")
+    if chosen == "head":
+        assert v["training"]["params"]["standardize"] is False  # the text default
+    # Few-shot: chosen by cross-validation, then refit on train + validation (the test split in no fold).
+    assert v["training"]["refit"]["rows"] == v["training"]["train"] + v["training"]["validation"]
     assert v["metrics"]["macro_f1"] == metrics["macro_f1"] and v["metrics"]["split"] == "test"
     assert [j["job_id"] for j in client.get(f"/v1/tenants/{tenant}/jobs").json()["jobs"]] == [job["job_id"]]
 
