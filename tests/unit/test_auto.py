@@ -62,6 +62,16 @@ def test_auto_picks_a_transfer_method_where_meaning_decides(backbone):
     chosen = out.config.training["chosen"]
     assert chosen in ("head", "head-mlp", "hybrid", "lora"), (chosen, scores)
     assert scores[chosen] >= scores["lexical"] + 0.2, scores
+    # A linear head that wins a validation split is refit on train + validation (never test);
+    # the other candidates serve as trained on train.
+    split = kinds(report, "split")[0]
+    refits = kinds(report, "refit")
+    if chosen == "head":
+        (refit,) = refits
+        assert refit["rows"] == split["train"] + split["validation"] and refit["epochs"] >= 1
+        assert out.config.training["refit"]["rows"] == refit["rows"] and out.metrics["split"] == "test"
+    else:
+        assert refits == [] and "refit" not in out.config.training
 
 
 def test_events_card_and_metrics_say_what_was_tried_and_why(on_codes):
