@@ -509,8 +509,9 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
             raise Cancelled()
         t0 = time.perf_counter()
         served = best.refit()
+        epochs = job_epochs(best)
         refit = {"rows": int(len(everything)), "seconds": round(time.perf_counter() - t0, 3),
-                 **({"epochs": job_epochs(best)} if job_epochs(best) else {})}
+                 **({"epochs": epochs} if epochs else {})}
         served.training["refit"] = refit
         report.event("refit", {"candidate": best.name, **refit})
 

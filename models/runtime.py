@@ -139,9 +139,6 @@ class Lanes:
         results = list(self._pool.map(lane, range(min(n, len(calls)))))
         return [results[i % n][i // n] for i in range(len(calls))]
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-
 
 def default_lanes(provider: str, intra_op_threads: int) -> int:
     """GRAFT_ORT_LANES 0 (auto): on CPU one lane per core the process may use, at most 4 (two
