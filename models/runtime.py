@@ -75,7 +75,9 @@ class OrtRunner:
         """`spinning` False: the session's threads sleep between calls instead of spin-waiting
         (ORT's default): for sessions called in turn with others (a split backbone's graphs),
         whose spinning threads would take the cores from the next graph's
-        (docs/BENCHMARKS.md, deep adapters)."""
+        (docs/BENCHMARKS.md, deep adapters). True: they spin-wait within a call and stop when
+        it returns (`session.force_spinning_stop`): spinning on after a lone text's call took a
+        core from the event loop sending its answer (docs/BENCHMARKS.md, the latency path)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -84,6 +86,8 @@ class OrtRunner:
         opts.inter_op_num_threads = 1
         if not spinning:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        else:  # spin within a call only: a thread spinning after it took a core from the HTTP path
+            opts.add_session_config_entry("session.force_spinning_stop", "1")
         providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(model_path), opts, providers=providers)
         self.provider = self.session.get_providers()[0]

@@ -3,7 +3,12 @@
 One loop per backbone takes whatever is queued (up to `max_size` items) and runs it in a
 worker thread. While a pass runs, new requests queue up, so the batch grows with load by
 itself; a lone request on an idle backbone waits at most `max_wait` for company (the
-service's default is 0: it does not wait).
+service's default is 0: it does not wait). A pass of one short item (cost at most
+`inline_cost`) while the worker thread is idle runs on the event loop itself: the two
+thread hops (to the worker and back) cost a lone text about as much as the rest of the
+HTTP path (docs/BENCHMARKS.md, the latency path), and a short pass blocks the loop for a
+few milliseconds at most, while the requests that arrive meanwhile would have waited for
+the backbone anyway.
 
 The queue is bounded by items (`max_queued`): beyond it a request is answered 503 with
 Retry-After at once (backpressure, as text-embeddings-inference does), never left to wait
@@ -27,6 +32,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class ComputeLane(ThreadPoolExecutor):
+    """One worker thread that passes take turns on (several batchers may share it);
+    `passes` counts the passes submitted from the event loop and not yet finished."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name)
+        self.passes = 0
 
 
 @dataclass
@@ -61,10 +75,11 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         on_handoff: Callable[[float], None] | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        executor: ComputeLane | None = None,
         max_queued: int | None = None,
         cost: Callable[[T], int] | None = None,
         max_cost: int | None = None,
+        inline_cost: int | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -75,6 +90,7 @@ class MicroBatcher(Generic[T, R]):
         self._on_handoff = on_handoff
         self._cost = cost
         self.max_cost = max_cost if cost is not None else None
+        self.inline_cost = inline_cost if cost is not None else None
         self._pending: deque[_Chunk[T, R]] = deque()
         self._queued_items = 0  # items in _pending (backpressure)
         self._inflight: list[_Chunk[T, R]] = []  # the batch the loop holds
@@ -83,7 +99,7 @@ class MicroBatcher(Generic[T, R]):
         # A one-thread executor shared by several batchers makes their passes take turns
         # (the Engine does this on CPU); by default each batcher has its own thread.
         self._owns_executor = executor is None
-        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backbone-{name}")
+        self._executor = executor or ComputeLane(f"backbone-{name}")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -171,7 +187,14 @@ class MicroBatcher(Generic[T, R]):
             self._inflight = batch
             items = [item for chunk in batch for item in chunk.items]
             try:
-                result, started, finished = await loop.run_in_executor(self._executor, self._timed, items)
+                if self._inline(items):
+                    result, started, finished = self._timed(items)
+                else:
+                    self._executor.passes += 1
+                    try:
+                        result, started, finished = await loop.run_in_executor(self._executor, self._timed, items)
+                    finally:
+                        self._executor.passes -= 1
             except Exception as e:  # a failed pass fails its requests, not the loop
                 log.exception("backbone %s failed on a batch of %d items", self.name, len(items))
                 self._inflight = []
@@ -192,6 +215,11 @@ class MicroBatcher(Generic[T, R]):
                     self._on_batch(len(items), finished - started, [started - chunk.queued_at for chunk in batch])
                 except Exception:  # metrics must never stop serving
                     log.exception("batcher %s: reporting a batch failed", self.name)
+
+    def _inline(self, items: list[T]) -> bool:
+        """A pass of one short item while no pass runs or waits on the worker thread."""
+        return (self.inline_cost is not None and len(items) == 1 and self._executor.passes == 0
+                and self._cost is not None and self._cost(items[0]) <= self.inline_cost)
 
     def _timed(self, items: list[T]) -> tuple[Sequence[R], float, float]:
         """The pass, when it started (after any turn-taking) and when it ended."""

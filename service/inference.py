@@ -21,7 +21,7 @@ from models import Backbone, load_backbone
 from models.base import ItemError
 from models.catalog import catalog_ids
 from service import metrics
-from service.batching import MicroBatcher
+from service.batching import ComputeLane, MicroBatcher
 from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unavailable
 from service.settings import Settings
 
@@ -141,7 +141,7 @@ class Inference:
         # CPU backbones take turns on one thread: each pass gets every core, and passes of
         # different backbones alternate (FIFO) instead of fighting over the cores, so text
         # and image traffic share the CPU without either starving (docs/BENCHMARKS.md).
-        self._cpu_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backbone-cpu")
+        self._cpu_lane = ComputeLane("backbone-cpu")
         # Image decoding and the tokenising of large requests have their own small pool: a
         # burst of large images neither queues the database and auth calls of asyncio's
         # default pool nor decodes more than GRAFT_DECODE_THREADS images (each up to
@@ -211,6 +211,7 @@ class Inference:
             max_queued=self.settings.max_queued_items,
             cost=(lambda w, b=backbone: b.cost(w.item)) if backbone.kind == "text" else None,
             max_cost=self.settings.max_batch_tokens,
+            inline_cost=(self.settings.inline_max_tokens or None) if backbone.provider == "CPUExecutionProvider" else None,
         )
         gate = backbone.int8 or {}
         recipe = gate.get("recipe") or ""

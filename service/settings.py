@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=1, description="tokens in one text backbone pass (as text-embeddings-inference's max_batch_tokens): "
                                 "a pass of long texts holds fewer of them; a longer request is cut into several passes")
+    inline_max_tokens: int = Field(
+        64, ge=0, description="CPU: a pass of one text of at most this many tokens, while no other pass runs, runs "
+                               "on the event loop instead of the compute thread (no thread hops for a lone text); "
+                               "0: never (docs/BENCHMARKS.md, the latency path)")
     batch_max_wait_ms: float = Field(
         0.0, ge=0, description="how long a lone request waits for company; 0: never (batches still form from the "
                                "requests that queue while a pass runs; docs/BENCHMARKS.md)")

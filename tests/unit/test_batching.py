@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.batching import MicroBatcher
+from service.batching import ComputeLane, MicroBatcher
 
 
 class Recorder:
@@ -141,7 +141,7 @@ def test_batchers_sharing_a_lane_take_turns():
         return run
 
     async def main():
-        lane = ThreadPoolExecutor(max_workers=1)
+        lane = ComputeLane("lane")
         text = MicroBatcher("text", backbone("text"), max_size=4, max_wait_s=0.001, executor=lane)
         image = MicroBatcher("image", backbone("image"), max_size=4, max_wait_s=0.001, executor=lane)
         await asyncio.gather(*(text.submit(list(range(4))) for _ in range(10)),
@@ -256,3 +256,37 @@ def test_each_request_reports_its_handoff_from_the_pass_end():
 
     run(main())
     assert len(seen) == 6 and all(0 <= s < 1.0 for s in seen), seen
+
+
+def test_a_lone_short_item_runs_on_the_event_loop_when_the_lane_is_idle():
+    """No thread hops for a lone short text: it runs on the loop's own thread; longer items,
+    passes of several items, and any pass while the shared lane is busy go to the lane."""
+    threads: list[tuple[list[int], str]] = []
+
+    def where(items: list[int]) -> list[tuple[float, bool]]:
+        threads.append((list(items), threading.current_thread().name))
+        time.sleep(0.02 if 7 in items else 0)
+        return [(float(i), False) for i in items]
+
+    async def main():
+        lane = ComputeLane("lane")
+        text = MicroBatcher("text", where, max_size=8, max_wait_s=0, executor=lane, cost=lambda i: i,
+                            max_cost=1000, inline_cost=5)
+        other = MicroBatcher("image", where, max_size=8, max_wait_s=0, executor=lane)
+        assert await text.submit([3]) == [(3.0, False)]  # short, idle: inline
+        await text.submit([50])  # longer than inline_cost
+        await text.submit([1, 2])  # two items
+        busy = asyncio.ensure_future(other.submit([7]))  # the lane holds the other backbone's pass
+        await asyncio.sleep(0.005)
+        await text.submit([4])
+        await busy
+        await text.close()
+        await other.close()
+        lane.shutdown()
+
+    run(main())
+    main_thread = threading.main_thread().name
+    on = {tuple(items): name for items, name in threads}
+    assert on[(3,)] == main_thread
+    assert on[(50,)] != main_thread and on[(1, 2)] != main_thread and on[(7,)] != main_thread
+    assert on[(4,)] != main_thread  # the lane was busy: its turn comes after the other pass
