@@ -40,7 +40,7 @@ serve: prepare
 	$(BIN)/bentoml serve service.api:Graft
 
 test: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" --durations=15
 
 test-gpu: install
 	$(BIN)/python -m pytest -m gpu
