@@ -253,10 +253,6 @@ def summary(verdicts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     precision: min cosine)."""
     out: dict[str, Any] = {}
     for name, v in verdicts.items():
-        if "min_cosine" in v["bar"]:
-            out[name] = {"passed": v["passed"], "min_cosine": float(f"{v['min_cosine']:.6g}"),
-                         "bar": v["bar"]["min_cosine"]}
-        else:
-            out[name] = {"passed": v["passed"], "max_abs_diff": float(f"{v['max_abs_diff']:.3g}"),
-                         "bar": v["bar"]["max_abs_diff"]}
+        figure, digits = ("min_cosine", 6) if "min_cosine" in v["bar"] else ("max_abs_diff", 3)
+        out[name] = {"passed": v["passed"], figure: float(f"{v[figure]:.{digits}g}"), "bar": v["bar"][figure]}
     return out

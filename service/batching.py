@@ -219,7 +219,7 @@ class MicroBatcher(Generic[T, R]):
     def _inline(self, items: list[T]) -> bool:
         """A pass of one short item while no pass runs or waits on the worker thread."""
         return (self.inline_cost is not None and len(items) == 1 and self._executor.passes == 0
-                and self._cost is not None and self._cost(items[0]) <= self.inline_cost)
+                and self._cost(items[0]) <= self.inline_cost)  # type: ignore[misc]  # inline_cost implies cost
 
     def _timed(self, items: list[T]) -> tuple[Sequence[R], float, float]:
         """The pass, when it started (after any turn-taking) and when it ended."""

@@ -85,8 +85,8 @@ def main() -> None:
 def gate_figure(v: dict) -> str:  # type: ignore[type-arg]
     """A /readyz parity summary in words: max abs diff (fp32) or min cosine (reduced precision)."""
     if "min_cosine" in v:
-        return f"min cosine {v['min_cosine']:.6f} >= {v['bar']}" if v["passed"] else f"min cosine {v['min_cosine']:.6f} < {v['bar']}"
-    return f"max abs diff {v['max_abs_diff']:.1e} <= {v['bar']:.0e}"
+        return f"min cosine {v['min_cosine']:.6f} {'>=' if v['passed'] else '<'} {v['bar']}"
+    return f"max abs diff {v['max_abs_diff']:.1e} {'<=' if v['passed'] else '>'} {v['bar']:.0e}"
 
 
 def record(backbone, home):  # type: ignore[no-untyped-def]  # -> Path
