@@ -32,8 +32,10 @@ lexical (TF-IDF n-grams from scratch), hybrid (n-grams and the vector), setfit (
 contrastive LoRA, adapters/fewshot.py) when the backbone is split and a class has at most
 FEWSHOT_MAX_PER_CLASS examples, LoRA on the top
 layers when the backbone is split (GRAFT_SPLIT_LAYERS > 0) and the set has
-`LORA_MIN_EXAMPLES` or more examples, and last an MLP head from `MLP_MIN_EXAMPLES` (its
-early-stopped validation score was optimistic on reviews); image backbones: a head, a head on augmented copies,
+`LORA_MIN_EXAMPLES` or more examples, then lora-hybrid (the hybrid recipe on the vectors
+LoRA's factors give: no encoder training of its own, a few seconds), and last an MLP head
+from `MLP_MIN_EXAMPLES` (its early-stopped validation score was optimistic on reviews);
+image backbones: a head, a head on augmented copies,
 and unfreeze when the image backbone is split. `params.time_budget_s` bounds the job: a
 candidate whose estimated time (`estimate`: examples x a measured rate, scaled by how fast
 this machine ran the candidates so far, median) would end past the budget is skipped and said so;
@@ -84,7 +86,7 @@ IMAGE_AUGMENT = 2  # copies per training image for the "head, augmented" candida
 # AVX-512; bench_deep, bench_lexical, bench_autotl), and a fixed part. LoRA and unfreeze
 # include computing the lower graph's hidden states.
 RATE_S = {"head": 3.0, "head-mlp": 14.0, "lexical": 1.5, "hybrid": 1.5, "lora": 60.0,
-          "head-augmented": 25.0, "unfreeze": 80.0, "setfit": 400.0, "zero-shot": 0.0}
+          "lora-hybrid": 4.0, "head-augmented": 25.0, "unfreeze": 80.0, "setfit": 400.0, "zero-shot": 0.0}
 FIXED_S = 0.5
 
 
@@ -129,7 +131,7 @@ def plan(kind: str, split_shape: Any, n: int, params: dict[str, Any], smallest: 
     if split_shape is not None and smallest is not None and smallest <= FEWSHOT_MAX_PER_CLASS:
         names.append("setfit")
     if split_shape is not None and n >= LORA_MIN_EXAMPLES:
-        names.append("lora")
+        names += ["lora", "lora-hybrid"]
     # Last, and for large sets only (MLP_MIN_EXAMPLES).
     return names + (["head-mlp"] if n >= MLP_MIN_EXAMPLES else [])
 
@@ -174,6 +176,7 @@ class _Job:
         self.fold = 0  # cross-validation: which fold this copy trains (0: train / validation itself)
         self.zero_shot: dict[str, np.ndarray] = {}  # the label names' head (train_auto sets it)
         self.refit_epochs: int | None = None  # a refit: train this many epochs, no early stopping
+        self.trained: dict[str, Candidate] = {}  # the candidates trained so far (lora-hybrid reads lora's)
 
     def texts(self, rows: np.ndarray) -> list[str]:
         return [self.keys[i] for i in rows]
@@ -240,6 +243,54 @@ def _lexical(job: _Job, name: str) -> Candidate:
     logits = lambda rows: probe.logits(job.x[rows], job.texts(rows))  # noqa: E731
     return Candidate(name, name, "linear", 0.0, 0.0, logits(job.val), tensors, logits,
                      config={"method": name, "lexical": trained.settings}, training=dict(trained.summary))
+
+
+def deep_vectors(backbone: Any, items: list[Any], deep: Any, chunk: int = 256) -> np.ndarray:
+    """The vectors the split graphs serve for these items under one adapter's deep weights."""
+    if not items:
+        return np.zeros((0, backbone.dim), np.float32)
+    return np.concatenate([backbone.embed_deep(items[i : i + chunk], [deep] * len(items[i : i + chunk])).vectors
+                           for i in range(0, len(items), chunk)])
+
+
+def hybrid_on_lora(backbone: Any, lora: dict[str, Any], factors: dict[str, np.ndarray], texts: list[str],
+                   y: np.ndarray, labels: list[str], seed: int = 0,
+                   report: Callable[[str, dict[str, Any]], None] = lambda kind, data: None) -> Adapter:
+    """The hybrid recipe (n-grams and the vector, one linear model) trained on the vectors that
+    LoRA factors (`lora`: their AdapterConfig.lora settings) give these texts, as the split
+    graphs serve them: the version's config fields and tensors, as an unsealed Adapter (the
+    factors unchanged beside the hybrid head; its stored size within the lexical bound)."""
+    from adapters.lexical import MAX_BYTES
+
+    factors = {k: v for k, v in factors.items() if k.startswith(("lora_a.", "lora_b."))}
+    deep = Adapter(AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels,
+                                 method="lora", lora=lora), factors).deep
+    trained = train_lexical("hybrid", texts, y, labels,
+                            LexicalParams(seed=seed, max_bytes=MAX_BYTES - sum(v.size * 4 for v in factors.values())),
+                            embeddings=deep_vectors(backbone, texts, deep), report=report)
+    config = AdapterConfig(backbone="", fingerprint="", dim=backbone.dim, head="linear", labels=labels,
+                           method="hybrid", lexical=trained.settings, lora=lora, training=dict(trained.summary))
+    return Adapter(config, {**trained.model.tensors(), **factors})
+
+
+def _lora_hybrid(job: _Job, name: str) -> Candidate:
+    """hybrid_on_lora on the lora candidate's factors: LoRA adapts the encoder to the task and
+    the n-grams add the words it blurs; nothing new trains in the encoder."""
+    from adapters.pipeline import _items
+
+    lora = job.trained.get("lora")
+    if lora is None:
+        raise ValueError("lora-hybrid reads the lora candidate's vectors, and lora did not train")
+    b = job.backbone
+    probe = hybrid_on_lora(b, lora.config["lora"], lora.tensors, job.texts(job.train), job.y[job.train], job.labels,
+                           seed=int(job.params.get("seed") or 0), report=job.report.event)
+
+    def logits(rows: np.ndarray) -> np.ndarray:  # as it will serve
+        return probe.logits(deep_vectors(b, _items(b, job.texts(rows), job.where), probe.deep), job.texts(rows))
+
+    config = {"method": "hybrid", "lexical": probe.config.lexical, "lora": probe.config.lora}
+    return Candidate(name, "hybrid", "linear", 0.0, 0.0, logits(job.val), probe.tensors, logits, config=config,
+                     training={**probe.config.training, "lora": lora.training}, curves=lora.curves)
 
 
 def _deep_candidate(job: _Job, name: str) -> Candidate:
@@ -382,6 +433,7 @@ def choose(tried: list[Candidate], y: np.ndarray, rows: np.ndarray, metric: str)
 TRAINERS: dict[str, Callable[[_Job, str], Candidate]] = {
     "head": _head, "head-mlp": _head, "head-augmented": _head, "lexical": _lexical, "hybrid": _lexical,
     "lora": _deep_candidate, "unfreeze": _deep_candidate, "setfit": _deep_candidate, "zero-shot": _zero_shot,
+    "lora-hybrid": _lora_hybrid,
 }
 
 
@@ -483,6 +535,7 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
         elif backbone.kind == "text" and name in VALIDATION_REFIT:
             c.refit = _refitter(job, c, everything)  # for the epochs validation chose
         tried.append(c)
+        job.trained[name] = c
         entry = {"candidate": name, "method": c.method, "head": c.head, "score": round(c.score, 6),
                  "metric": metric, "seconds": round(c.seconds, 3)}
         if len(cv) > 1:

@@ -61,8 +61,10 @@ class AdapterConfig:
     # "lexical": TF-IDF word and char n-grams and a linear head over them, trained from
     # scratch (adapters/lexical.py; tensors lexical.<word|char>.<terms|offsets|idf> beside
     # weight and bias); "hybrid": the same and the backbone's vector, one linear head over
-    # both. `lexical` = {"word_ngram", "char_ngram", "word_terms", "char_terms",
-    # "embedding_weight" (hybrid; None for lexical)}: what rebuilds the vectoriser exactly.
+    # both; a hybrid with `lora` settings and factors reads the vector its own LoRA factors
+    # give (auto's candidate lora-hybrid). `lexical` = {"word_ngram", "char_ngram",
+    # "word_terms", "char_terms", "embedding_weight" (hybrid; None for lexical)}: what
+    # rebuilds the vectoriser exactly.
     lexical: dict[str, Any] | None = None
     # Temperature scaling (adapters/calibration.py): served scores are softmax(logits / T), T
     # fitted on the validation split so a score means a probability; 1.0 for versions
@@ -123,14 +125,15 @@ class Adapter:
         if not self.needs_text:
             return None
         try:
-            return lex.LexicalModel.from_tensors(self.config.lexical, self.tensors, len(self.labels), self.config.dim)
+            return lex.LexicalModel.from_tensors(self.config.lexical, without_factors(self.tensors), len(self.labels),
+                                                 self.config.dim)
         except lex.LexicalFormatError as e:
             raise AdapterFormatError(str(e)) from None
 
     @cached_property
     def lora(self) -> LoraFactors | None:
         """The factors the upper graph takes for this adapter's rows (None: head only)."""
-        if self.config.method != "lora":
+        if self.config.method not in ("lora", "hybrid") or not self.config.lora:
             return None
         return LoraFactors({name[len("lora_a.") :]: (t, self.tensors["lora_b." + name[len("lora_a.") :]])
                             for name, t in self.tensors.items() if name.startswith("lora_a.")})
@@ -174,6 +177,11 @@ class Adapter:
 LAYER_PREFIX = "layer."  # an unfreeze adapter's tensors: layer.<absolute layer>.<param path>
 
 
+def without_factors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors but LoRA factors: a lora-hybrid's head (check_lora checks the factors)."""
+    return {k: v for k, v in tensors.items() if not k.startswith(("lora_a.", "lora_b."))}
+
+
 def check_method(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
     """What the config's method says the adapter carries beside its head, and nothing else."""
     if config.method not in METHODS:
@@ -181,8 +189,13 @@ def check_method(config: AdapterConfig, tensors: dict[str, np.ndarray]) -> None:
     if config.method != "unfreeze" and any(n.startswith(LAYER_PREFIX) for n in tensors):
         raise AdapterFormatError(f"a {config.method} adapter carries no layer weights")
     if config.method in lex.LEXICAL_METHODS:  # its vocabulary: head_width
-        if config.head != "linear" or config.lora or config.unfreeze:
-            raise AdapterFormatError(f"a {config.method} adapter has a linear head and no lora or unfreeze settings")
+        if config.head != "linear" or config.unfreeze or (config.lora and config.method == "lexical"):
+            raise AdapterFormatError(f"a {config.method} adapter has a linear head and no unfreeze settings"
+                                     + ("" if config.method == "hybrid" else " or lora settings"))
+        if config.lora:  # a hybrid on its own LoRA-adapted vector
+            check_lora(config, tensors)
+        elif len(without_factors(tensors)) < len(tensors):
+            raise AdapterFormatError(f"a {config.method} adapter without lora settings carries no LoRA factors")
     elif config.method == "unfreeze":
         check_unfreeze(config, tensors)
     else:
@@ -275,7 +288,7 @@ def head_width(config: AdapterConfig, tensors: dict[str, np.ndarray], dim: int) 
     if not lexical:
         return dim
     try:
-        lex.check(config.lexical, tensors, len(config.labels), dim)
+        lex.check(config.lexical, without_factors(tensors), len(config.labels), dim)
     except lex.LexicalFormatError as e:
         raise AdapterFormatError(str(e)) from None
     return lex.width(config.lexical, tensors, dim)

@@ -1,10 +1,14 @@
 """`make bench`: AutoTL (`params.method: "auto"`, adapters/auto.py) on Rotten Tomatoes.
 
 bench_deep's split (the first 2,000 reviews to train from, the next 1,000 as the bench's own
-test reviews, never shown to the job), at four sizes: all 2,000, the first 1,000, the first 400
-(where LoRA starts being a candidate: adapters/auto.py LORA_MIN_EXAMPLES) and 8 per class. Each size is one fine-tune as the worker runs it (adapters/auto.py `train_auto`, what
-train_version dispatches to; a fresh embedding cache; MiniLM-L6 as served, split for deep
-adapters at 2 layers): every candidate auto tried is also evaluated on the bench's test
+test reviews, never shown to the job), at five sizes: full data (every review but those
+1,000: 11,808, with `--full-budget` seconds, since the default 120 would skip LoRA there), all
+2,000, the first 1,000, the first 400 (where LoRA starts being a candidate: adapters/auto.py
+LORA_MIN_EXAMPLES) and 8 per class. `--pool-from` and `--test-from` draw the sizes and the
+test reviews elsewhere (a check on reviews the default run never reads). Each size is one
+fine-tune as the worker runs it (adapters/auto.py `train_auto`, what train_version
+dispatches to; a fresh embedding cache; MiniLM-L6 as served, split for deep adapters at 2
+layers): every candidate auto tried is also evaluated on the bench's test
 reviews as it would serve (the candidate's version decoded, rows through the head stage, or
 the split graphs for LoRA), so the table shows what each candidate would have scored, what
 auto chose from validation alone, and the seconds from examples to version (the bench's own
@@ -57,7 +61,7 @@ def served_version(backbone: Any, config: Any, weights: bytes, texts: list[str],
     if adapter.deep is not None:
         vectors = np.concatenate([backbone.embed_deep(texts[i : i + 64], [adapter.deep] * len(texts[i : i + 64])).vectors
                                   for i in range(0, len(texts), 64)])
-        logits = adapter.logits(vectors)
+        logits = adapter.logits(vectors, texts if adapter.needs_text else None)  # lora-hybrid reads both
     else:
         logits = adapter.logits(x, texts if adapter.needs_text else None)
     return [labels[int(i)] for i in logits.argmax(1)]
@@ -103,11 +107,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
     parser.add_argument("--budget", type=float, default=120.0, help="params.time_budget_s")
-    parser.add_argument("--sizes", default="2000,1000,400,8", help="which sizes to run: 2000, 1000, 400, 8 (per class)")
+    parser.add_argument("--sizes", default="full,2000,1000,400,8",
+                        help="which sizes: full (every review but the test 1,000), 2000, 1000, 400, 8 (per class)")
+    parser.add_argument("--full-budget", type=float, default=900.0,
+                        help="params.time_budget_s of the full-data job (the default 120 s would skip LoRA there)")
     parser.add_argument("--draws", type=int, default=1,
                         help="8 per class: this many draws (draw 0: the pool's first 8 a class; draw d: the first 8 a "
                              "class of the pool shuffled with seed d)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--pool-from", type=int, default=0,
+                        help="the sizes' reviews start at this review (another draw of reviews: 4000)")
+    parser.add_argument("--test-from", type=int, default=2000, help="the 1,000 test reviews start here")
     args = parser.parse_args()
     import torch
 
@@ -118,30 +128,40 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     home = Settings().home.resolve()
     backbone = load_backbone("minilm-l6", home, split_layers=2)
-    reviews = rotten_tomatoes(3000)
-    pool, test = reviews[:2000], reviews[2000:]
+    reviews = rotten_tomatoes()
+    tested = range(args.test_from, args.test_from + 1000)
+    pool, test = reviews[args.pool_from : args.pool_from + 2000], reviews[tested.start : tested.stop]
+    if set(range(args.pool_from, args.pool_from + 2000)) & set(tested):
+        parser.error("the pool and the test reviews overlap")
+    full = [r for i, r in enumerate(reviews) if i not in tested]  # every review the test 1,000 leave
     test_texts, test_labels = [t for t, _ in test], [label for _, label in test]
     test_x = np.concatenate([backbone.embed(test_texts[i : i + 64]).vectors for i in range(0, len(test_texts), 64)])
     results = []
     wanted = args.sizes.split(",")
-    sizes = [(name, rows) for key, name, rows in (("2000", "2,000", pool), ("1000", "1,000", pool[:1000]),
-                                                   ("400", "400", pool[:400])) if key in wanted]
+    sizes = [(name, rows) for key, name, rows in (("full", f"full, {len(full):,}", full), ("2000", "2,000", pool),
+                                                   ("1000", "1,000", pool[:1000]), ("400", "400", pool[:400]))
+             if key in wanted]
     if "8" in wanted:
         for d in range(args.draws):
             shuffled = pool if d == 0 else random.Random(d).sample(pool, len(pool))
             sizes.append(("8 per class" + (f", draw {d}" if args.draws > 1 else ""), per_class(shuffled, 8)))
     for name, rows in sizes:
         r = run(backbone, [{"text": t, "label": label} for t, label in rows], test_texts, test_x, test_labels,
-                args.budget)
+                args.full_budget if name.startswith("full") else args.budget)
         r["size"] = name
         results.append(r)
         print({k: v for k, v in r.items() if k != "rows"}, flush=True)
     cpu = cpu_features()
     lines = [
-        f"Rotten Tomatoes, bench_deep's split: the job trains on the first 2,000 reviews, the first 1,000, 400, or "
-        f"the first 8 per class (draw d > 0: of the 2,000 shuffled with seed d); every figure is macro-F1 on the next "
-        f"1,000 reviews, which no job sees. One run per size, in process with {args.threads} torch threads, "
-        f"`time_budget_s` {args.budget:g} (CPU: {cpu.machine}, flags "
+        (f"Rotten Tomatoes, bench_deep's split: the job trains on every review but the test 1,000 (full), the first "
+         f"2,000 reviews, the first 1,000, 400, or the first 8 per class (draw d > 0: of the 2,000 shuffled with seed "
+         f"d); every figure is macro-F1 on the next 1,000 reviews, which no job sees."
+         if (args.pool_from, args.test_from) == (0, 2000) else
+         f"Rotten Tomatoes, other reviews than bench_deep's: the sizes are drawn from reviews {args.pool_from:,} on, "
+         f"full data is every review but the test 1,000 ({args.test_from:,}-{args.test_from + 999:,}); every figure "
+         f"is macro-F1 on those test reviews, which no job sees.")
+        + f" One run per size, in process with {args.threads} torch threads, "
+        f"`time_budget_s` {args.budget:g} ({args.full_budget:g} for full data) (CPU: {cpu.machine}, flags "
         f"{' '.join(cpu.flags)}; MiniLM-L6 as served: {backbone.precision}, split at 2 layers for LoRA; host load "
         f"average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores). Auto splits the examples once: "
         "train / validation / test (60/20/20, stratified; no test split under 10 examples a class); every "

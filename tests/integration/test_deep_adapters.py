@@ -1,20 +1,27 @@
 """Deep (LoRA and unfreeze) adapters over HTTP and gRPC against the real server and its
 worker: a LoRA or unfreeze fine-tune beats a head on data a head cannot learn, LoRA,
-unfreeze and head-only tenants share batches without changing each other's answers,
-versions say what they are, bad parameters get 400 saying what is allowed."""
+unfreeze and head-only tenants share batches without changing each other's answers (and a
+lora-hybrid of another tenant, built on the LoRA version), versions say what they are, bad
+parameters get 400 saying what is allowed."""
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
 
 import grpc
+import numpy as np
 import pytest
 
+from adapters.auto import deep_vectors, hybrid_on_lora
+from adapters.format import AdapterConfig, decode, encode
+from adapters.registry import Registry
+from models import load_backbone
 from service.proto.graft.v1 import graft_pb2 as pb
 from service.proto.graft.v1 import graft_pb2_grpc as pb_grpc
 from tests.integration import helpers
 from tests.integration.data import xor_split
 from tests.integration.jobs import wait_job
+from tests.integration.server import SIGNING_KEY
 
 TRAIN, HELD_OUT = xor_split()
 
@@ -165,3 +172,66 @@ def test_a_lora_job_over_its_example_limit_is_413(client):
     examples = (TRAIN * 2)[:201]  # GRAFT_MAX_LORA_EXAMPLES=200 on the test server
     r = client.post("/v1/finetune", json={"tenant": tenant, "examples": examples, "params": {"method": "lora"}})
     assert r.status_code == 413 and "GRAFT_MAX_LORA_EXAMPLES" in r.json()["error"]["message"], r.text
+
+
+def test_a_lora_hybrid_serves_beside_lora_and_head_tenants_over_http_and_grpc(server, client, trained, graft_home):
+    """Auto's lora-hybrid (adapters/auto.py hybrid_on_lora), built from this tenant's LoRA
+    version the way a training worker builds it and registered for another tenant: it answers
+    as the version does in process through the split graphs, and requests of both tenants'
+    lora-hybrid, LoRA and head adapters, all at once over HTTP and gRPC, each get the answers
+    they got alone."""
+    tenant, key, _ = trained
+    other, other_key = helpers.new_tenant(client, "lh")
+    ready = next(b for b in client.get("/readyz").json()["backbones"] if b["id"] == "minilm-l6")
+    backbone = load_backbone("minilm-l6", graft_home, split_layers=2)  # as the server loads it
+    assert backbone.fingerprint == ready["fingerprint"]
+    registry = Registry(server.database_url, migrate=False, signing_key=SIGNING_KEY.encode())
+    try:
+        stored, _ = registry.active(tenant, "lora")
+        lora = decode(stored.config, stored.weights, fingerprint=backbone.fingerprint, dim=backbone.dim, split=4)
+        y = np.array([lora.labels.index(e["label"]) for e in TRAIN])
+        probe = hybrid_on_lora(backbone, lora.config.lora, lora.tensors, [e["text"] for e in TRAIN], y, lora.labels)
+        config, weights = encode(AdapterConfig(**{**probe.config.__dict__, "backbone": backbone.id,
+                                                  "fingerprint": backbone.fingerprint}), probe.tensors)
+        registry.create_adapter(other, "lora-hybrid", config, weights)
+    finally:
+        registry.close()
+    (version,) = client.get(f"/v1/tenants/{other}/adapters/lora-hybrid/versions").json()["versions"]
+    assert version["method"] == "hybrid" and version["lora"] == lora.config.lora
+
+    owners = {"lora": (tenant, key), "head": (tenant, key), "lora-hybrid": (other, other_key)}
+    with server.client(other_key) as c:
+        served, alone_hybrid = accuracy(c, other, "lora-hybrid")
+    texts = [t for t, _ in HELD_OUT]
+    adapter = decode(config.to_json(), weights, fingerprint=backbone.fingerprint, dim=backbone.dim, split=4)
+    in_process = adapter.predict_proba(deep_vectors(backbone, texts, adapter.deep), texts)
+    assert [p["label"] for p in alone_hybrid] == [adapter.labels[int(i)] for i in in_process.argmax(1)]
+    assert np.allclose([p["score"] for p in alone_hybrid], in_process.max(1), atol=1e-3)
+    assert served >= 0.85, served
+    alone = {"lora-hybrid": alone_hybrid, **{a: accuracy(client, tenant, a)[1] for a in ("lora", "head")}}
+
+    def http_call(i: int) -> tuple[str, list]:
+        adapter = ("lora-hybrid", "lora", "head")[i % 3]
+        owner, owner_key = owners[adapter]
+        with server.client(owner_key) as c:
+            return adapter, accuracy(c, owner, adapter)[1]
+
+    def grpc_call(i: int) -> tuple[str, list]:
+        adapter = ("lora-hybrid", "lora", "head")[i % 3]
+        owner, owner_key = owners[adapter]
+        with server.channel(owner_key) as channel:
+            stub = pb_grpc.GraftStub(channel)
+            out = []
+            for j in range(0, len(HELD_OUT), 40):
+                reply = stub.Predict(pb.PredictRequest(tenant=owner, adapter=adapter,
+                                                       inputs=[t for t, _ in HELD_OUT[j : j + 40]]))
+                out += [{"label": p.label, "score": p.score} for p in reply.predictions]
+            return adapter, out
+
+    with cf.ThreadPoolExecutor(9) as pool:
+        results = list(pool.map(lambda i: (http_call if i % 2 else grpc_call)(i), range(18)))
+    assert {a for a, _ in results} == set(owners)
+    for adapter_name, predictions in results:
+        assert len(predictions) == len(HELD_OUT)
+        for got, want in zip(predictions, alone[adapter_name]):
+            assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-4, adapter_name

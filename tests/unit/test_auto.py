@@ -60,7 +60,7 @@ def test_auto_picks_a_transfer_method_where_meaning_decides(backbone):
     out, report = run(backbone, paraphrase_examples())
     scores = {c["candidate"]: c["score"] for c in kinds(report, "candidate")}
     chosen = out.config.training["chosen"]
-    assert chosen in ("head", "head-mlp", "hybrid", "lora"), (chosen, scores)
+    assert chosen in ("head", "head-mlp", "hybrid", "lora", "lora-hybrid"), (chosen, scores)
     assert scores[chosen] >= scores["lexical"] + 0.2, scores
     # A linear head that wins a validation split is refit on train + validation (never test);
     # the other candidates serve as trained on train.
@@ -216,8 +216,9 @@ def test_plan_and_estimates():
         split = 4
 
     assert auto.plan("text", None, auto.MLP_MIN_EXAMPLES, {}) == ["head", "lexical", "hybrid", "head-mlp"]
-    assert auto.plan("text", Shape(), auto.LORA_MIN_EXAMPLES, {}) == ["head", "lexical", "hybrid", "lora"]
-    assert "lora" not in auto.plan("text", Shape(), auto.LORA_MIN_EXAMPLES - 1, {})
+    assert auto.plan("text", Shape(), auto.LORA_MIN_EXAMPLES, {}) == ["head", "lexical", "hybrid", "lora",
+                                                                       "lora-hybrid"]
+    assert not {"lora", "lora-hybrid"} & set(auto.plan("text", Shape(), auto.LORA_MIN_EXAMPLES - 1, {}))
     assert auto.plan("text", None, auto.MLP_MIN_EXAMPLES - 1, {}) == ["head", "lexical", "hybrid"]
     assert auto.plan("image", None, 100, {}) == ["head", "head-augmented"]
     assert auto.plan("image", Shape(), 100, {}) == ["head", "head-augmented", "unfreeze"]
