@@ -153,9 +153,9 @@ def main() -> None:
         print({k: v for k, v in r.items() if k != "rows"}, flush=True)
     cpu = cpu_features()
     lines = [
-        (f"Rotten Tomatoes, bench_deep's split: the job trains on every review but the test 1,000 (full), the first "
-         f"2,000 reviews, the first 1,000, 400, or the first 8 per class (draw d > 0: of the 2,000 shuffled with seed "
-         f"d); every figure is macro-F1 on the next 1,000 reviews, which no job sees."
+        ("Rotten Tomatoes, bench_deep's split: the job trains on every review but the test 1,000 (full), the first "
+         "2,000 reviews, the first 1,000, 400, or the first 8 per class (draw d > 0: of the 2,000 shuffled with seed "
+         "d); every figure is macro-F1 on the next 1,000 reviews, which no job sees."
          if (args.pool_from, args.test_from) == (0, 2000) else
          f"Rotten Tomatoes, other reviews than bench_deep's: the sizes are drawn from reviews {args.pool_from:,} on, "
          f"full data is every review but the test 1,000 ({args.test_from:,}-{args.test_from + 999:,}); every figure "

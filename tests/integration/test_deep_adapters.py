@@ -209,29 +209,4 @@ def test_a_lora_hybrid_serves_beside_lora_and_head_tenants_over_http_and_grpc(se
     assert np.allclose([p["score"] for p in alone_hybrid], in_process.max(1), atol=1e-3)
     assert served >= 0.85, served
     alone = {"lora-hybrid": alone_hybrid, **{a: accuracy(client, tenant, a)[1] for a in ("lora", "head")}}
-
-    def http_call(i: int) -> tuple[str, list]:
-        adapter = ("lora-hybrid", "lora", "head")[i % 3]
-        owner, owner_key = owners[adapter]
-        with server.client(owner_key) as c:
-            return adapter, accuracy(c, owner, adapter)[1]
-
-    def grpc_call(i: int) -> tuple[str, list]:
-        adapter = ("lora-hybrid", "lora", "head")[i % 3]
-        owner, owner_key = owners[adapter]
-        with server.channel(owner_key) as channel:
-            stub = pb_grpc.GraftStub(channel)
-            out = []
-            for j in range(0, len(HELD_OUT), 40):
-                reply = stub.Predict(pb.PredictRequest(tenant=owner, adapter=adapter,
-                                                       inputs=[t for t, _ in HELD_OUT[j : j + 40]]))
-                out += [{"label": p.label, "score": p.score} for p in reply.predictions]
-            return adapter, out
-
-    with cf.ThreadPoolExecutor(9) as pool:
-        results = list(pool.map(lambda i: (http_call if i % 2 else grpc_call)(i), range(18)))
-    assert {a for a, _ in results} == set(owners)
-    for adapter_name, predictions in results:
-        assert len(predictions) == len(HELD_OUT)
-        for got, want in zip(predictions, alone[adapter_name]):
-            assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-4, adapter_name
+    helpers.assert_mixed_answers_equal_alone(server, owners, HELD_OUT, alone)

@@ -6,7 +6,6 @@ bad parameters get 400 saying what is allowed."""
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
 
 import grpc
 import pytest
@@ -75,31 +74,7 @@ def test_lexical_hybrid_and_head_tenants_share_batches_without_changing_answers(
     owners, _ = trained
     alone = {adapter: predict(client, owners[adapter][0], adapter)[1] for adapter in ADAPTERS}
 
-    def http_call(i: int) -> tuple[str, list]:
-        adapter = ADAPTERS[i % 3]
-        tenant, key = owners[adapter]
-        with server.client(key) as c:
-            return adapter, predict(c, tenant, adapter)[1]
-
-    def grpc_call(i: int) -> tuple[str, list]:
-        adapter = ADAPTERS[i % 3]
-        tenant, key = owners[adapter]
-        with server.channel(key) as channel:
-            stub = pb_grpc.GraftStub(channel)
-            out = []
-            for j in range(0, len(HELD_OUT), 40):
-                reply = stub.Predict(pb.PredictRequest(tenant=tenant, adapter=adapter,
-                                                       inputs=[t for t, _ in HELD_OUT[j : j + 40]]))
-                out += [{"label": p.label, "score": p.score} for p in reply.predictions]
-            return adapter, out
-
-    with cf.ThreadPoolExecutor(9) as pool:
-        results = list(pool.map(lambda i: (http_call if i % 2 else grpc_call)(i), range(18)))
-    assert {a for a, _ in results} == set(ADAPTERS)
-    for adapter, predictions in results:
-        assert len(predictions) == len(HELD_OUT)
-        for got, want in zip(predictions, alone[adapter]):
-            assert got["label"] == want["label"] and abs(got["score"] - want["score"]) < 1e-4, adapter
+    helpers.assert_mixed_answers_equal_alone(server, owners, HELD_OUT, alone)
 
 
 def test_lexical_over_grpc(server, trained):
