@@ -176,7 +176,7 @@ class _Job:
         self.fold = 0  # cross-validation: which fold this copy trains (0: train / validation itself)
         self.zero_shot: dict[str, np.ndarray] = {}  # the label names' head (train_auto sets it)
         self.refit_epochs: int | None = None  # a refit: train this many epochs, no early stopping
-        self.trained: dict[str, Candidate] = {}  # the candidates trained so far (lora-hybrid reads lora's)
+        self.trained: dict[str, Candidate] = {}  # the candidates trained so far, in order (lora-hybrid reads lora's)
 
     def texts(self, rows: np.ndarray) -> list[str]:
         return [self.keys[i] for i in rows]
@@ -329,7 +329,7 @@ def _deep_candidate(job: _Job, name: str) -> Candidate:
 
     def logits(rows: np.ndarray) -> np.ndarray:  # through the serving upper graph
         items = _items(b, job.texts(rows), job.where)
-        return probe.logits(b.embed_deep(items, [trained.weights] * len(items)).vectors)
+        return probe.logits(deep_vectors(b, items, trained.weights))
 
     if not isinstance(p, UnfreezeParams):
         recipe = {"rank": p.rank, "alpha": p.alpha, "layers": p.layers, "split": shape.split,
@@ -482,14 +482,13 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
     everything = np.sort(np.concatenate([train, val]))  # what a refit trains on (never the test split)
     metric = ("validation macro-F1" if len(cv) == 1 else
               f"cross-validated macro-F1 ({len(cv)} folds of train + validation)")
-    tried: list[Candidate] = []
     record: list[dict[str, Any]] = []
     speed, ratios = 1.0, []
     fits = len(cv) + (1 if len(cv) > 1 else 0)  # cross-validation: every fold, and a refit if chosen
     for k, name in enumerate(planned):
         elapsed = time.perf_counter() - started
         guess = estimate(name, len(train), speed) * fits
-        if tried and elapsed + guess > budget:
+        if job.trained and elapsed + guess > budget:
             why = (f"time budget: {elapsed:.1f} s spent, about {guess:.1f} s more needed, "
                    f"time_budget_s {budget:g}")
             report.event("candidate_skipped", {"candidate": name, "reason": why, "estimate_s": round(guess, 2)})
@@ -534,7 +533,6 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
                 c.refit = _refitter(job, c, everything)
         elif backbone.kind == "text" and name in VALIDATION_REFIT:
             c.refit = _refitter(job, c, everything)  # for the epochs validation chose
-        tried.append(c)
         job.trained[name] = c
         entry = {"candidate": name, "method": c.method, "head": c.head, "score": round(c.score, 6),
                  "metric": metric, "seconds": round(c.seconds, 3)}
@@ -548,6 +546,7 @@ def train_auto(examples: list[dict[str, str]], backbone: Any, params: dict[str, 
             on_candidate(c)
 
     # -- the choice, on validation (or the folds) only ----------------------------------
+    tried = list(job.trained.values())
     best, why = choose(tried, y, scored, metric) if len(cv) > 1 else choose_on_validation(tried, len(scored), metric)
     report.event("chosen", {"candidate": best.name, "method": best.method, "head": best.head,
                             "validation_macro_f1": round(best.score, 6), "reason": why})
